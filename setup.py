@@ -1,0 +1,78 @@
+"""Builds the compiled part of vs-iedvr against the installed torch (so install it with
+`pip install --no-build-isolation .`; the `./run` script does that for you).
+
+libiedvr_ops.so holds the iedvr operators (TORCH_LIBRARY). Python loads it with
+torch.ops.load_library and the VapourSynth plugin will dlopen the same file, so the operator
+namespace is registered once per process.
+
+Environment:
+  IEDVR_CUDA=auto|1|0   build the CUDA kernels when nvcc is found (auto), always (1) or never (0)
+  TORCH_CUDA_ARCH_LIST   GPU generations to compile for (default: Turing to Hopper, PTX for newer)
+  MAX_JOBS               parallel compile jobs
+"""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+# Turing (RTX 20xx) to Hopper (H100); the PTX of 9.0 is compiled on the fly for newer GPUs.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def build_cuda() -> bool:
+    choice = os.environ.get("IEDVR_CUDA", "auto")
+    if choice not in ("auto", "0", "1"):
+        raise SystemExit(f"IEDVR_CUDA must be auto, 0 or 1, got {choice!r}")
+    nvcc_found = cpp_extension.CUDA_HOME is not None and (
+        Path(cpp_extension.CUDA_HOME, "bin", "nvcc").exists() or shutil.which("nvcc") is not None
+    )
+    if choice == "1" and not nvcc_found:
+        raise SystemExit("IEDVR_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME or put nvcc on PATH)")
+    return choice != "0" and nvcc_found
+
+
+def nvidia_wheel_dirs() -> list[Path]:
+    """site-packages/nvidia/cu13 (or cu12): headers and libraries of torch's CUDA wheels."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = [Path(p) for p in spec.submodule_search_locations] if spec else []
+    return sorted(d for root in roots for d in root.glob("cu[0-9]*") if (d / "include").is_dir())
+
+
+def ops_extension():
+    sources = [
+        "csrc/dcn/dcn_op.cpp",
+        "csrc/dcn/cpu/dcn_cpu.cpp",
+        "csrc/dcn/autocast/dcn_autocast.cpp",
+    ]
+    compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    # The library sits in site-packages/vs_iedvr/, torch's libraries in site-packages/torch/lib/:
+    # the RUNPATH lets the VapourSynth plugin dlopen it without Python having loaded torch first.
+    link_args = ["-fopenmp", "-Wl,-rpath,$ORIGIN/../torch/lib"]
+    kwargs = dict(
+        name="vs_iedvr.libiedvr_ops",
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        # No libtorch_python: the library must load in processes without Python.
+        py_limited_api=True,
+    )
+    if build_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        # A bare CUDA toolkit may lack the library headers that torch's CUDA headers include
+        # (cusparse.h, cublas_v2.h); the nvidia-* wheels that torch depends on carry them.
+        kwargs["include_dirs"] = [str(d / "include") for d in nvidia_wheel_dirs()]
+        link_args += [f"-Wl,-rpath,$ORIGIN/../nvidia/{d.name}/lib" for d in nvidia_wheel_dirs()]
+        return cpp_extension.CUDAExtension(
+            sources=sources + ["csrc/dcn/cuda/dcn_cuda.cu"], **kwargs
+        )
+    return cpp_extension.CppExtension(sources=sources, **kwargs)
+
+
+setup(
+    ext_modules=[ops_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)},
+)

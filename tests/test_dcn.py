@@ -1,0 +1,252 @@
+"""iedvr::modulated_deform_conv2d against the independent reference in dcn_reference.py,
+torch.nn.functional.conv2d (zero offsets, unit mask), gradcheck and opcheck."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vs_iedvr
+from dcn_reference import modulated_deform_conv2d_reference
+from devices import requires_cuda
+
+op = torch.ops.iedvr.modulated_deform_conv2d
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int = 1
+    in_channels: int = 8
+    out_channels: int = 8
+    height: int = 9
+    width: int = 9
+    kernel: tuple = (3, 3)
+    stride: tuple = (1, 1)
+    padding: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    deformable_groups: int = 1
+    offset_scale: float = 2.0
+    bias: bool = True
+
+    def conv_args(self):
+        return (list(self.stride), list(self.padding), list(self.dilation), self.groups,
+                self.deformable_groups)
+
+    def out_size(self):
+        return vs_iedvr.ops.output_size((self.height, self.width), self.kernel, self.stride,
+                                        self.padding, self.dilation)
+
+    def tensors(self, dtype=torch.float64, device="cpu", seed=0):
+        generator = torch.Generator().manual_seed(seed)
+
+        def randn(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(
+                device=device, dtype=dtype)
+
+        taps = self.kernel[0] * self.kernel[1]
+        out_h, out_w = self.out_size()
+        input = randn(self.batch, self.in_channels, self.height, self.width)
+        offset = randn(self.batch, 2 * self.deformable_groups * taps, out_h, out_w,
+                       scale=self.offset_scale)
+        mask = torch.sigmoid(randn(self.batch, self.deformable_groups * taps, out_h, out_w))
+        weight = randn(self.out_channels, self.in_channels // self.groups, *self.kernel, scale=0.3)
+        bias = randn(self.out_channels) if self.bias else None
+        return input, offset, mask, weight, bias
+
+
+CASES = [
+    Case("basic"),
+    Case("groups2_dg8", in_channels=16, out_channels=12, groups=2, deformable_groups=8),
+    Case("dg8_like_edvr", in_channels=32, out_channels=16, deformable_groups=8, height=12, width=10),
+    Case("stride2_odd", height=11, width=7, stride=(2, 2), deformable_groups=2),
+    Case("dilation2", dilation=(2, 2), padding=(2, 2), height=10, width=13),
+    Case("batch3_rect_kernel", batch=3, kernel=(1, 3), padding=(0, 1), height=6, width=8),
+    Case("kernel5_no_bias", kernel=(5, 5), padding=(2, 2), bias=False, deformable_groups=4),
+    Case("far_outside", offset_scale=40.0, height=8, width=8),
+    Case("no_padding", padding=(0, 0), height=7, width=9, in_channels=4, out_channels=6),
+    # More output pixels than one CPU column buffer holds: exercises the chunked loop.
+    Case("several_chunks", in_channels=16, out_channels=8, height=48, width=50,
+         deformable_groups=4),
+]
+
+
+def forward_and_grads(fn, tensors, conv_args, grad_output_seed=1):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    out = fn(*leaves, *conv_args)
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_output_seed),
+                              dtype=torch.float64).to(out)
+    out.backward(grad_output)
+    return out.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def assert_matches_reference(case, dtype, device, rtol, atol):
+    tensors = case.tensors(dtype=dtype, device=device)
+    out, grads = forward_and_grads(op, tensors, case.conv_args())
+    ref_out, ref_grads = forward_and_grads(modulated_deform_conv2d_reference, tensors,
+                                           case.conv_args())
+    torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
+    for name, grad, ref_grad in zip(("input", "offset", "mask", "weight", "bias"), grads,
+                                    ref_grads):
+        if ref_grad is None:
+            assert grad is None
+            continue
+        torch.testing.assert_close(grad, ref_grad, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_matches_reference_float64(case):
+    assert_matches_reference(case, torch.float64, "cpu", rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_matches_reference_float32(case):
+    assert_matches_reference(case, torch.float32, "cpu", rtol=2e-4, atol=2e-4)
+
+
+def test_zero_offset_unit_mask_equals_conv2d():
+    case = Case("conv", in_channels=16, out_channels=8, groups=2, deformable_groups=4,
+                stride=(2, 1), dilation=(1, 2), padding=(1, 2), height=15, width=12)
+    input, offset, mask, weight, bias = case.tensors(dtype=torch.float32)
+    out = vs_iedvr.modulated_deform_conv2d(
+        input, torch.zeros_like(offset), torch.ones_like(mask), weight, bias,
+        stride=case.stride, padding=case.padding, dilation=case.dilation, groups=case.groups,
+        deformable_groups=case.deformable_groups)
+    expected = F.conv2d(input, weight, bias, case.stride, case.padding, case.dilation, case.groups)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_integer_offset_shifts_the_image():
+    # An offset of exactly (+1, +2) everywhere with a 1x1 kernel samples input[y + 1, x + 2].
+    input = torch.arange(5 * 7, dtype=torch.float32).reshape(1, 1, 5, 7)
+    offset = torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1).expand(1, 2, 5, 7).contiguous()
+    mask = torch.ones(1, 1, 5, 7)
+    out = vs_iedvr.modulated_deform_conv2d(input, offset, mask, torch.ones(1, 1, 1, 1))
+    expected = torch.zeros(1, 1, 5, 7)
+    expected[..., :4, :5] = input[..., 1:, 2:]
+    torch.testing.assert_close(out, expected)
+
+
+def test_gradcheck_float64():
+    case = Case("small", batch=2, in_channels=4, out_channels=4, height=5, width=6, groups=2,
+                deformable_groups=2, stride=(2, 1))
+    tensors = [t.requires_grad_(True) for t in case.tensors()]
+    assert torch.autograd.gradcheck(lambda *t: op(*t, *case.conv_args()), tensors)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(bias):
+    case = Case("opcheck", in_channels=4, out_channels=4, height=6, width=5, deformable_groups=2,
+                bias=bias)
+    tensors = [t.requires_grad_(True) if t is not None else None
+               for t in case.tensors(dtype=torch.float32)]
+    torch.library.opcheck(op.default, (*tensors, *case.conv_args()))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+def test_low_precision_close_to_float32(dtype, tolerance):
+    case = Case("half", in_channels=32, out_channels=16, height=12, width=14, deformable_groups=8)
+    low = [t.to(dtype) if t is not None else None for t in case.tensors(dtype=torch.float32)]
+    # The float32 result on the same (rounded) inputs isolates the kernel's own error.
+    high = [t.float() if t is not None else None for t in low]
+    out, grads = forward_and_grads(op, low, case.conv_args())
+    ref_out, ref_grads = forward_and_grads(op, high, case.conv_args())
+    assert out.dtype == dtype
+    for result, reference in zip([out, *grads], [ref_out, *ref_grads]):
+        error = (result.float() - reference).norm() / reference.norm()
+        assert error < tolerance
+
+
+def test_autocast_cpu_runs_in_bfloat16():
+    case = Case("autocast", in_channels=16, out_channels=8, deformable_groups=4)
+    tensors = case.tensors(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = op(*tensors, *case.conv_args())
+    assert out.dtype == torch.bfloat16
+    reference = op(*tensors, *case.conv_args())
+    assert ((out.float() - reference).norm() / reference.norm()) < 2e-2
+
+
+BAD_ARGUMENTS = [
+    ("input_3d", lambda t: t.update(input=t["input"][0]), "input must be a 4-D tensor"),
+    ("weight_channels", lambda t: t.update(weight=t["weight"][:, :3]), "weight must have shape"),
+    ("offset_channels", lambda t: t.update(offset=t["offset"][:, :9]), "offset must have shape"),
+    ("mask_channels", lambda t: t.update(mask=t["mask"][:, :4]), "mask must have shape"),
+    ("offset_size", lambda t: t.update(offset=t["offset"][..., :5]), "offset must have shape"),
+    ("mixed_dtype", lambda t: t.update(offset=t["offset"].double()), "offset has dtype"),
+    ("bias_size", lambda t: t.update(bias=t["bias"][:3]), "bias must have shape"),
+    ("int_input", lambda t: t.update(input=t["input"].int()), "input must be float32"),
+    ("dg_not_divisor", lambda t: t.update(deformable_groups=3), "divisible by deformable_groups"),
+    ("groups_not_divisor", lambda t: t.update(groups=3), "divisible by groups"),
+    ("zero_stride", lambda t: t.update(stride=[0, 1]), "stride must be >= 1"),
+    ("too_small", lambda t: t.update(input=t["input"][..., :1, :1], padding=[0, 0]),
+     "smaller than the dilated kernel"),
+]
+
+
+@pytest.mark.parametrize("name, corrupt, message", BAD_ARGUMENTS, ids=[b[0] for b in BAD_ARGUMENTS])
+def test_bad_arguments_raise_clear_errors(name, corrupt, message):
+    input, offset, mask, weight, bias = Case("bad").tensors(dtype=torch.float32)
+    args = dict(input=input, offset=offset, mask=mask, weight=weight, bias=bias, stride=[1, 1],
+                padding=[1, 1], dilation=[1, 1], groups=1, deformable_groups=1)
+    corrupt(args)
+    with pytest.raises(RuntimeError, match=message):
+        op(*args.values())
+
+
+@requires_cuda
+def test_mixed_devices_raise():
+    input, offset, mask, weight, bias = Case("bad").tensors(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="all tensors must be on one device"):
+        op(input.cuda(), offset, mask, weight, bias, [1, 1], [1, 1], [1, 1], 1, 1)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_cuda_matches_reference_float64(case):
+    assert_matches_reference(case, torch.float64, "cuda", rtol=1e-9, atol=1e-9)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_cuda_matches_cpu_float32(case):
+    cpu = case.tensors(dtype=torch.float32)
+    cuda = [t.cuda() if t is not None else None for t in cpu]
+    out, grads = forward_and_grads(op, cpu, case.conv_args())
+    out_cuda, grads_cuda = forward_and_grads(op, cuda, case.conv_args())
+    torch.testing.assert_close(out_cuda.cpu(), out, rtol=1e-4, atol=1e-4)
+    for grad, grad_cuda in zip(grads, grads_cuda):
+        if grad is not None:
+            torch.testing.assert_close(grad_cuda.cpu(), grad, rtol=1e-3, atol=1e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+def test_cuda_low_precision_close_to_float32(dtype, tolerance):
+    case = Case("half", in_channels=64, out_channels=64, height=40, width=36, deformable_groups=8)
+    low = [t.to("cuda", dtype) if t is not None else None for t in case.tensors(dtype=torch.float32)]
+    high = [t.float() if t is not None else None for t in low]
+    out, grads = forward_and_grads(op, low, case.conv_args())
+    ref_out, ref_grads = forward_and_grads(op, high, case.conv_args())
+    assert out.dtype == dtype
+    for result, reference in zip([out, *grads], [ref_out, *ref_grads]):
+        assert ((result.float() - reference).norm() / reference.norm()) < tolerance
+
+
+@requires_cuda
+def test_cuda_autocast_runs_in_float16():
+    case = Case("autocast", in_channels=16, out_channels=8, deformable_groups=4)
+    tensors = [t.cuda() if t is not None else None for t in case.tensors(dtype=torch.float32)]
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = op(*tensors, *case.conv_args())
+    assert out.dtype == torch.float16
+
+
+@requires_cuda
+def test_cuda_gradcheck_float64():
+    case = Case("small", batch=2, in_channels=4, out_channels=4, height=5, width=6, groups=2,
+                deformable_groups=2)
+    tensors = [t.requires_grad_(True) for t in case.tensors(device="cuda")]
+    assert torch.autograd.gradcheck(lambda *t: op(*t, *case.conv_args()), tensors)
