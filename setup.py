@@ -17,7 +17,25 @@ import shutil
 from pathlib import Path
 
 from setuptools import setup
-from torch.utils import cpp_extension
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit root. torch guesses it from `which nvcc`, which is wrong when nvcc on PATH
+    is a wrapper script (as /usr/local/bin/nvcc is on some machines): prefer a root that has the
+    runtime library to link against."""
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates += sorted(Path("/usr/local").glob("cuda*"), reverse=True)
+    for root in candidates:
+        if (root / "bin" / "nvcc").exists() and list(root.glob("lib*/libcudart.so")):
+            return str(root)
+    return None
+
+
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and find_cuda_home():
+    os.environ["CUDA_HOME"] = find_cuda_home()
+
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME on import)
 
 # Turing (RTX 20xx) to Hopper (H100); the PTX of 9.0 is compiled on the fly for newer GPUs.
 DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"

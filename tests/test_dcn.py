@@ -106,6 +106,14 @@ def test_matches_reference_float32(case):
     assert_matches_reference(case, torch.float32, "cpu", rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_portable_cpu_loops_match_reference(case, monkeypatch):
+    # The CPU loops are compiled twice (x86-64 baseline and AVX2); the tests above run the one
+    # this CPU gets, this one forces the portable build.
+    monkeypatch.setenv("IEDVR_CPU_ISA", "baseline")
+    assert_matches_reference(case, torch.float64, "cpu", rtol=1e-9, atol=1e-9)
+
+
 def test_zero_offset_unit_mask_equals_conv2d():
     case = Case("conv", in_channels=16, out_channels=8, groups=2, deformable_groups=4,
                 stride=(2, 1), dilation=(1, 2), padding=(1, 2), height=15, width=12)

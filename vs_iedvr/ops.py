@@ -131,3 +131,17 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(
         "iedvr::modulated_deform_conv2d", "CUDA"
     )
+
+
+def modulated_deform_conv2d_flops(
+    batch: int, in_channels: int, out_channels: int, out_height: int, out_width: int,
+    kernel_size: tuple[int, int], groups: int = 1,
+) -> int:
+    """Floating-point operations of one call (a multiply-add counts 2): the GEMM of a plain
+    convolution of the same shape plus the modulated bilinear sampling (4 multiply-adds and one
+    mask multiply per sampled value)."""
+    taps = kernel_size[0] * kernel_size[1]
+    pixels = batch * out_height * out_width
+    gemm = 2 * pixels * out_channels * (in_channels // groups) * taps
+    sampling = 9 * pixels * in_channels * taps
+    return gemm + sampling
