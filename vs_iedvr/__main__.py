@@ -1,16 +1,35 @@
-"""Command line: python -m vs_iedvr {info,selftest}."""
+"""Command line: vs-iedvr (or python -m vs_iedvr) {info,export,selftest}.
+
+    vs-iedvr info                          what is installed, which devices are seen
+    vs-iedvr info MODEL [--size 320x180]   a model file: metadata, parameters, FLOPs
+    vs-iedvr export --arch iedvr-m [--weights CKPT] --output MODEL
+    vs-iedvr selftest                      check the compiled operator on every device
+"""
 
 import argparse
+import json
 import platform
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from . import __version__, ops
+from . import __version__, model_file, network, ops
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 320x180, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
+    return width, height
 
 
 def info(args) -> int:
+    if args.model is not None:
+        return model_info(args)
     print(f"vs-iedvr {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}")
     print(f"operator library: {ops.LIBRARY_PATH}")
@@ -21,6 +40,33 @@ def info(args) -> int:
     else:
         print("CUDA devices: none")
     print(f"CPU: {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    return 0
+
+
+def model_info(args) -> int:
+    model, metadata = model_file.load_model(args.model)
+    width, height = args.size
+    print(f"model file: {args.model}")
+    print(f"architecture: {metadata['architecture']}, x{metadata['scale']}, "
+          f"{metadata['num_frames']} input frames")
+    print(f"parameters: {metadata['parameters']:,}")
+    print(f"weights: {json.dumps(metadata['weights'])}")
+    print(f"input: {json.dumps(metadata['input'])}")
+    print(f"configuration: {json.dumps(metadata['config'])}")
+    print(f"written by vs-iedvr {metadata['vs_iedvr_version']}, torch {metadata['torch_version']}, "
+          f"format version {metadata['format_version']}")
+    flops = model_file.flops_per_frame(model, metadata, height, width)
+    print(f"FLOPs per output frame at {width}x{height} input "
+          f"({width * metadata['scale']}x{height * metadata['scale']} output): {flops / 1e9:.1f} G")
+    return 0
+
+
+def export(args) -> int:
+    net = network.build(args.arch, scale=args.scale)
+    weights = model_file.load_weights(net, args.weights) if args.weights else None
+    metadata = model_file.export_model(net, args.output, args.arch, weights)
+    print(f"wrote {args.output}: {metadata['architecture']} x{metadata['scale']}, "
+          f"{metadata['parameters']:,} parameters, weights: {metadata['weights']['source']}")
     return 0
 
 
@@ -55,12 +101,28 @@ def selftest(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vs_iedvr", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vs-iedvr", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="what is installed and which devices are seen").set_defaults(run=info)
+    info_parser = commands.add_parser("info", help="what is installed, or what a model file is")
+    info_parser.add_argument("model", nargs="?", help="a model file to describe")
+    info_parser.add_argument("--size", type=parse_size, default=(320, 180),
+                             help="input frame size for the FLOP count, WIDTHxHEIGHT (default 320x180)")
+    info_parser.set_defaults(run=info)
+    export_parser = commands.add_parser("export", help="write a model file for the plugin")
+    export_parser.add_argument("--arch", choices=sorted(network.PRESETS), default="iedvr-m")
+    export_parser.add_argument("--scale", type=int, choices=(2, 4), default=4)
+    export_parser.add_argument("--weights", help="checkpoint or state dict (ours or BasicSR's); "
+                               "without it the network is untrained")
+    export_parser.add_argument("--output", required=True, help="the model file to write")
+    export_parser.set_defaults(run=export)
     commands.add_parser("selftest", help="check the compiled operator on every device").set_defaults(run=selftest)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except model_file.ModelFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

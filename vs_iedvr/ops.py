@@ -8,6 +8,7 @@ adds what only Python needs, as pytorch/extension-cpp does.
 from pathlib import Path
 
 import torch
+import torch.utils.flop_counter
 from torch import Tensor
 
 LIBRARY_PATH = Path(__file__).with_name("libiedvr_ops.so")
@@ -145,3 +146,12 @@ def modulated_deform_conv2d_flops(
     gemm = 2 * pixels * out_channels * (in_channels // groups) * taps
     sampling = 9 * pixels * in_channels * taps
     return gemm + sampling
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.iedvr.modulated_deform_conv2d)
+def _flop_formula(input_shape, offset_shape, mask_shape, weight_shape, bias_shape, stride, padding,
+                  dilation, groups, deformable_groups, *args, out_shape=None, **kwargs) -> int:
+    """Lets torch.utils.flop_counter.FlopCounterMode count the operator."""
+    return modulated_deform_conv2d_flops(
+        input_shape[0], input_shape[1], weight_shape[0], out_shape[2], out_shape[3],
+        tuple(weight_shape[2:]), groups)

@@ -1,0 +1,154 @@
+"""The model file: traced network plus metadata, any input size, other precisions, clear errors."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import vs_iedvr
+from vs_iedvr import model_file
+from vs_iedvr.network import IEDVR, NetworkConfig, build
+
+SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
+                      num_enhance_block=1, num_reconstruct_block=2)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    net = IEDVR(SMALL).eval()
+    path = tmp_path_factory.mktemp("model") / "small.pt"
+    model_file.export_model(net, path, "iedvr-small", {"source": "test"})
+    return net, path
+
+
+@pytest.mark.parametrize("height, width", [(32, 48), (36, 44), (17, 23), (5, 7), (64, 20)])
+def test_traced_equals_eager_at_other_sizes(exported, height, width):
+    net, path = exported
+    model, _ = model_file.load_model(path)
+    frames = torch.rand(1, 5, 3, height, width)
+    with torch.no_grad():
+        traced = model(frames)
+        eager = model_file.PaddedNetwork(net)(frames)
+    assert traced.shape == (1, 3, 4 * height, 4 * width)
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_only_extends_the_frame(exported):
+    # Where no padding is needed, the wrapper is exactly the network.
+    net, path = exported
+    model, _ = model_file.load_model(path)
+    frames = torch.rand(2, 5, 3, 12, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(frames), net(frames), rtol=1e-5, atol=1e-5)
+
+
+def relative_error(result, reference, base):
+    return ((result.float() - reference).norm() / (reference - base).norm()).item()
+
+
+def test_bfloat16_close_to_float32(exported):
+    _, path = exported
+    model, _ = model_file.load_model(path)
+    frames = torch.rand(1, 5, 3, 16, 20)
+    with torch.no_grad():
+        reference = model(frames)
+        low = model.to(torch.bfloat16)(frames.bfloat16())
+    assert low.dtype == torch.bfloat16
+    # Within a few times the error of merely rounding the float32 result to bfloat16.
+    rounding = (reference.bfloat16().float() - reference).norm()
+    assert (low.float() - reference).norm() < 4 * rounding
+
+
+def test_float16_conversion(exported):
+    _, path = exported
+    model, _ = model_file.load_model(path)
+    model = model.half()
+    assert all(p.dtype == torch.float16 for p in model.parameters())
+    frames = torch.rand(1, 5, 3, 8, 8)
+    if torch.cuda.is_available() and vs_iedvr.ops.has_cuda_kernels():
+        reference, _ = model_file.load_model(path)
+        with torch.no_grad():
+            out = model.cuda()(frames.half().cuda()).float().cpu()
+            expected = reference(frames)
+        base = torch.nn.functional.interpolate(frames[:, 2], scale_factor=4, mode="bilinear")
+        assert relative_error(out, expected, base) < 0.01
+
+
+def test_metadata(exported):
+    _, path = exported
+    metadata = model_file.read_metadata(path)
+    assert metadata["format"] == "vs-iedvr-model"
+    assert metadata["architecture"] == "iedvr-small"
+    assert metadata["scale"] == 4 and metadata["num_frames"] == 5
+    assert metadata["parameters"] == sum(p.numel() for p in IEDVR(SMALL).parameters())
+    assert model_file.config_of(metadata) == SMALL
+    assert metadata["weights"] == {"source": "test"}
+    assert metadata["input"]["colour_space"] == "RGB"
+
+
+def test_flops_scale_with_pixels_and_count_the_deformable_convolutions(exported):
+    net, path = exported
+    model, metadata = model_file.load_model(path)
+    small = model_file.flops_per_frame(model, metadata, 16, 16)
+    large = model_file.flops_per_frame(model, metadata, 32, 32)
+    assert large == pytest.approx(4 * small, rel=0.01)
+    # Independent count for one DCNv2Pack: its offset convolution plus the operator's formula.
+    pack = net.pcd_align.cas_dcnpack
+    x = torch.rand(1, 16, 8, 8)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        pack(x, x)
+    offset_conv = 2 * 8 * 8 * pack.conv_offset.out_channels * 16 * 9
+    deformable = vs_iedvr.ops.modulated_deform_conv2d_flops(1, 16, 16, 8, 8, (3, 3))
+    assert counter.get_total_flops() == offset_conv + deformable
+
+
+def test_missing_truncated_and_foreign_files(exported, tmp_path):
+    _, path = exported
+    with pytest.raises(model_file.ModelFileError, match="does not exist"):
+        model_file.load_model(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(model_file.ModelFileError, match="not a vs-iedvr model file"):
+        model_file.load_model(truncated)
+    foreign = tmp_path / "foreign.pt"
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(foreign))
+    with pytest.raises(model_file.ModelFileError, match="without vs-iedvr metadata"):
+        model_file.load_model(foreign)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(model_file.ModelFileError, match="not a readable TorchScript archive"):
+        model_file.load_model(text)
+
+
+def test_newer_format_is_refused(exported, tmp_path):
+    _, path = exported
+    newer = tmp_path / "newer.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(newer, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("extra/vs_iedvr.json"):
+                metadata = json.loads(data)
+                metadata["format_version"] = 99
+                data = json.dumps(metadata).encode()
+            target.writestr(item, data)
+    with pytest.raises(model_file.ModelFileError, match="upgrade"):
+        model_file.load_model(newer)
+
+
+def test_command_line_export_and_info(tmp_path):
+    output = tmp_path / "edvr.pt"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "vs_iedvr", *args], cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=300)
+    result = run("export", "--arch", "edvr-m", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    result = run("info", str(output), "--size", "16x8")
+    assert result.returncode == 0, result.stderr
+    assert "parameters: 3,300,131" in result.stdout
+    assert "FLOPs per output frame at 16x8 input (64x32 output)" in result.stdout
+    result = run("info", str(tmp_path / "nothing.pt"))
+    assert result.returncode == 2 and "does not exist" in result.stderr

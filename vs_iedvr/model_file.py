@@ -1,0 +1,179 @@
+"""The model file: one TorchScript archive that holds the traced network (with the padding that
+lets it take any frame size) and a JSON metadata entry. It is everything the plugin needs.
+
+    export_model(net, "model.pt", weights={"source": "..."})
+    model, metadata = load_model("model.pt")
+    upscaled = model(frames)       # [B, T, 3, H, W] float RGB in [0, 1], any H and W
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .network import SIZE_MULTIPLE, IEDVR, NetworkConfig, count_parameters
+
+FORMAT = "vs-iedvr-model"
+FORMAT_VERSION = 1
+METADATA_ENTRY = "vs_iedvr.json"
+# The size the network is traced at; nothing about it is baked in (the tests check other sizes).
+TRACE_SIZE = (32, 48)
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, unreadable or not a vs-iedvr model."""
+
+
+@contextlib.contextmanager
+def without_torchscript_deprecation():
+    """torch >= 2.14 warns that TorchScript is deprecated; the C++ plugin needs it, so the warning
+    says nothing to our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
+        yield
+
+
+def script(function):
+    with without_torchscript_deprecation():
+        return torch.jit.script(function)
+
+
+@script
+def pad_frames(frames: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicates the last row and column up to a multiple of `multiple`. Scripted so that the
+    amounts are computed from the input's size at run time, not fixed in the trace."""
+    pad_h = (multiple - frames.size(3) % multiple) % multiple
+    pad_w = (multiple - frames.size(4) % multiple) % multiple
+    if pad_h == 0 and pad_w == 0:
+        # A new tensor even then: returning the input itself would make the tracer route later
+        # uses of the input (the crop size) through this call.
+        return frames.clone()
+    padded = F.pad(frames.flatten(0, 1), [0, pad_w, 0, pad_h], mode="replicate")
+    return padded.unflatten(0, [frames.size(0), frames.size(1)])
+
+
+@script
+def crop_output(output: torch.Tensor, frames: torch.Tensor, scale: int) -> torch.Tensor:
+    return output[:, :, : frames.size(3) * scale, : frames.size(4) * scale]
+
+
+class PaddedNetwork(nn.Module):
+    """The network for frames of any size: pads to a multiple of 4, upscales, crops."""
+
+    def __init__(self, network: IEDVR):
+        super().__init__()
+        self.network = network
+        self.scale = network.config.scale
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        padded = pad_frames(frames, SIZE_MULTIPLE)
+        return crop_output(self.network(padded), frames, self.scale)
+
+
+def metadata_for(network: IEDVR, arch: str, weights: dict) -> dict:
+    config = network.config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch,
+        "config": config.to_dict(),
+        "scale": config.scale,
+        "num_frames": config.num_frame,
+        "input": {"layout": "[batch, frames, 3, height, width]", "colour_space": "RGB",
+                  "range": [0.0, 1.0], "dtype": "float32 (convertible to float16/bfloat16)"},
+        "parameters": count_parameters(network),
+        "weights": weights,
+        "vs_iedvr_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def export_model(network: IEDVR, path, arch: str, weights: dict | None = None) -> dict:
+    """Traces `network` (float32, CPU, eval mode) and writes it with its metadata to `path`."""
+    network = network.eval().float().cpu()
+    example = torch.rand(1, network.config.num_frame, 3, *TRACE_SIZE)
+    with torch.no_grad(), without_torchscript_deprecation():
+        traced = torch.jit.trace(PaddedNetwork(network), example, check_trace=False)
+    metadata = metadata_for(network, arch, weights or {"source": "untrained (random initialisation)"})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    with without_torchscript_deprecation():
+        torch.jit.save(traced, str(temporary), _extra_files={METADATA_ENTRY: json.dumps(metadata)})
+    os.replace(temporary, path)  # never leave a half-written model under the real name
+    return metadata
+
+
+def read_metadata(path) -> dict:
+    """The metadata of a model file, checked; raises ModelFileError for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_ENTRY}")]
+            raw = archive.read(entries[0]) if entries else None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ModelFileError(f"{path} is not a vs-iedvr model file (not a readable TorchScript "
+                             f"archive: {error}); export one with `python -m vs_iedvr export`") from None
+    if raw is None:
+        raise ModelFileError(f"{path} is a TorchScript archive without vs-iedvr metadata; export "
+                             "the model with `python -m vs_iedvr export`")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path}: its metadata is not valid JSON ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a vs-iedvr model file (format {metadata.get('format')!r})")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {metadata['format_version']}; this "
+                             f"vs-iedvr ({__version__}) reads up to {FORMAT_VERSION}: upgrade it")
+    return metadata
+
+
+def load_model(path, device="cpu") -> tuple[torch.jit.ScriptModule, dict]:
+    metadata = read_metadata(path)
+    try:
+        with without_torchscript_deprecation():
+            model = torch.jit.load(str(path), map_location=device)
+    except RuntimeError as error:
+        raise ModelFileError(f"{path} could not be loaded ({str(error).splitlines()[0]}); the "
+                             "file may be truncated: export it again") from None
+    return model.eval(), metadata
+
+
+def load_weights(network: IEDVR, path) -> dict:
+    """Loads a checkpoint into `network` strictly: a BasicSR checkpoint (under "params_ema" or
+    "params"), a vs-iedvr training checkpoint (under "model") or a bare state dict. Returns the
+    provenance to record in the model file."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    source_key = next((k for k in ("params_ema", "params", "model") if isinstance(state, dict) and k in state), None)
+    if source_key is not None:
+        state = state[source_key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path} holds no state dict (expected a dict of tensors, or one "
+                             "under 'params_ema', 'params' or 'model')")
+    network.load_state_dict(state, strict=True)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"source": str(Path(path).name), "sha256": digest, "state_dict_key": source_key}
+
+
+def flops_per_frame(model: nn.Module, metadata: dict, height: int, width: int) -> int:
+    """Floating-point operations (a multiply-add counts 2) for one output frame from input frames
+    of height x width, counted by running the model once under torch's FLOP counter."""
+    frames = torch.zeros(1, metadata["num_frames"], 3, height, width)
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model(frames)
+    return counter.get_total_flops()
+
+
+def config_of(metadata: dict) -> NetworkConfig:
+    return NetworkConfig.from_dict(metadata["config"])
