@@ -66,7 +66,9 @@ def ops_extension():
         "csrc/dcn/cpu/dcn_cpu.cpp",
         "csrc/dcn/autocast/dcn_autocast.cpp",
     ]
-    compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    # -fno-trapping-math lets GCC vectorise the branch-free sampling loops (their float-to-int
+    # conversions are otherwise treated as possibly trapping); nothing here reads FP exception flags.
+    compile_args = {"cxx": ["-O3", "-fopenmp", "-fno-trapping-math"]}
     # The library sits in site-packages/vs_iedvr/, torch's libraries in site-packages/torch/lib/:
     # the RUNPATH lets the VapourSynth plugin dlopen it without Python having loaded torch first.
     link_args = ["-fopenmp", "-Wl,-rpath,$ORIGIN/../torch/lib"]

@@ -50,64 +50,72 @@ void sample_points(const ConvGeometry& g, const scalar_t* offset, const scalar_t
   }
 }
 
-// Where tap k of deformable group dg samples for output pixels [p_begin, p_begin + n): the
-// channels-last element offset of each bilinear corner and its weight with the mask folded in,
-// stored corner by corner (index[j * n + i]) and computed without branches.
-// Same rules as bilinear_corners() in sampling.h (tested against it through the backward pass).
+// The bilinear corners of `count` consecutive output pixels of one row (offsets, mask and outputs
+// already advanced to the first): the channels-last element offset of each corner and its weight
+// with the mask folded in. Same rules as bilinear_corners() in sampling.h, but branch-free with
+// 32-bit arithmetic so that the loop vectorises (with -fno-trapping-math): the backward pass uses
+// bilinear_corners(), and the tests compare both against the reference.
 template <typename scalar_t, typename acc_t>
-void plan_samples(const ConvGeometry& g, const scalar_t* __restrict__ offset,
-                  const scalar_t* __restrict__ mask, int64_t dg, int64_t k, int64_t p_begin,
-                  int64_t n, int32_t* __restrict__ index, acc_t* __restrict__ weight) {
+void plan_row(int32_t count, acc_t y_base, acc_t x_base, acc_t x_step, int32_t h, int32_t w,
+              int32_t c, const scalar_t* __restrict__ offset_y,
+              const scalar_t* __restrict__ offset_x, const scalar_t* __restrict__ mask,
+              int32_t* __restrict__ index0, int32_t* __restrict__ index1,
+              int32_t* __restrict__ index2, int32_t* __restrict__ index3,
+              acc_t* __restrict__ weight0, acc_t* __restrict__ weight1,
+              acc_t* __restrict__ weight2, acc_t* __restrict__ weight3) {
+  const acc_t height = static_cast<acc_t>(h), width = static_cast<acc_t>(w);
+  const int32_t row_stride = w * c;
+  for (int32_t t = 0; t < count; ++t) {
+    const acc_t y = y_base + static_cast<acc_t>(offset_y[t]);
+    const acc_t x = x_base + x_step * static_cast<acc_t>(t) + static_cast<acc_t>(offset_x[t]);
+    // Non-short-circuit & and unconditional loads keep the loop free of branches.
+    const bool inside = (y > -1) & (y < height) & (x > -1) & (x < width);  // false for NaN
+    const acc_t ys = inside ? y : acc_t(0), xs = inside ? x : acc_t(0);
+    // ys, xs > -1, so truncating ys + 1 is floor(ys) + 1.
+    const int32_t y0 = static_cast<int32_t>(ys + 1) - 1, x0 = static_cast<int32_t>(xs + 1) - 1;
+    const acc_t ly = ys - static_cast<acc_t>(y0), lx = xs - static_cast<acc_t>(x0);
+    const acc_t mask_value = static_cast<acc_t>(mask[t]);
+    const acc_t m = inside ? mask_value : acc_t(0);
+    const acc_t wy0 = y0 >= 0 ? (1 - ly) * m : acc_t(0);
+    const acc_t wy1 = y0 + 1 < h ? ly * m : acc_t(0);
+    const acc_t wx0 = x0 >= 0 ? 1 - lx : acc_t(0);
+    const acc_t wx1 = x0 + 1 < w ? lx : acc_t(0);
+    const int32_t ry0 = std::max(y0, 0) * row_stride, ry1 = std::min(y0 + 1, h - 1) * row_stride;
+    const int32_t cx0 = std::max(x0, 0) * c, cx1 = std::min(x0 + 1, w - 1) * c;
+    index0[t] = ry0 + cx0;
+    index1[t] = ry0 + cx1;
+    index2[t] = ry1 + cx0;
+    index3[t] = ry1 + cx1;
+    weight0[t] = wy0 * wx0;
+    weight1[t] = wy0 * wx1;
+    weight2[t] = wy1 * wx0;
+    weight3[t] = wy1 * wx1;
+  }
+}
+
+// Where tap k of deformable group dg samples for output pixels [p_begin, p_begin + n): corner
+// offsets and weights stored corner by corner (index[j * n + i]).
+template <typename scalar_t, typename acc_t>
+void plan_samples(const ConvGeometry& g, const scalar_t* offset, const scalar_t* mask, int64_t dg,
+                  int64_t k, int64_t p_begin, int64_t n, int32_t* index, acc_t* weight) {
   const int64_t out_pixels = g.out_pixels();
   const int64_t ki = k / g.kernel_w, kj = k % g.kernel_w;
-  const scalar_t* __restrict__ offset_y = offset + offset_y_channel(g, dg, k) * out_pixels;
-  const scalar_t* __restrict__ offset_x = offset_y + out_pixels;
-  const scalar_t* __restrict__ mask_k = mask + mask_channel(g, dg, k) * out_pixels;
-  const int32_t h = static_cast<int32_t>(g.height), w = static_cast<int32_t>(g.width);
-  const int32_t c = static_cast<int32_t>(g.in_channels), row_stride = w * c;
-  int32_t* __restrict__ index0 = index;
-  int32_t* __restrict__ index1 = index + n;
-  int32_t* __restrict__ index2 = index + 2 * n;
-  int32_t* __restrict__ index3 = index + 3 * n;
-  acc_t* __restrict__ weight0 = weight;
-  acc_t* __restrict__ weight1 = weight + n;
-  acc_t* __restrict__ weight2 = weight + 2 * n;
-  acc_t* __restrict__ weight3 = weight + 3 * n;
+  const scalar_t* offset_y = offset + offset_y_channel(g, dg, k) * out_pixels;
+  const scalar_t* offset_x = offset_y + out_pixels;
+  const scalar_t* mask_k = mask + mask_channel(g, dg, k) * out_pixels;
   // One output row segment at a time, so that the pixel loop has no division.
-  for (int64_t i_begin = 0; i_begin < n;) {
-    const int64_t p_row = p_begin + i_begin;
-    const int64_t oy = p_row / g.out_width, ox_begin = p_row % g.out_width;
-    const int64_t length = std::min(n - i_begin, g.out_width - ox_begin);
-    const acc_t y_base = static_cast<acc_t>(base_y(g, oy, ki));
-    const acc_t x_base = static_cast<acc_t>(base_x(g, ox_begin, kj));
-    const acc_t x_step = static_cast<acc_t>(g.stride_w);
-    for (int64_t t = 0; t < length; ++t) {
-      const int64_t i = i_begin + t, p = p_row + t;
-      const acc_t y = y_base + static_cast<acc_t>(offset_y[p]);
-      const acc_t x = x_base + x_step * static_cast<acc_t>(t) + static_cast<acc_t>(offset_x[p]);
-      // Non-short-circuit & and unconditional loads keep the loop free of branches.
-      const bool inside = (y > -1) & (y < h) & (x > -1) & (x < w);  // false for NaN
-      const acc_t ys = inside ? y : 0, xs = inside ? x : 0;
-      const int32_t y0 = static_cast<int32_t>(ys + 1) - 1, x0 = static_cast<int32_t>(xs + 1) - 1;
-      const acc_t ly = ys - static_cast<acc_t>(y0), lx = xs - static_cast<acc_t>(x0);
-      const acc_t mask_value = static_cast<acc_t>(mask_k[p]);
-      const acc_t m = inside ? mask_value : acc_t(0);
-      const acc_t wy0 = y0 >= 0 ? (1 - ly) * m : acc_t(0);
-      const acc_t wy1 = y0 + 1 < h ? ly * m : acc_t(0);
-      const acc_t wx0 = x0 >= 0 ? 1 - lx : acc_t(0);
-      const acc_t wx1 = x0 + 1 < w ? lx : acc_t(0);
-      const int32_t ry0 = std::max(y0, 0) * row_stride, ry1 = std::min(y0 + 1, h - 1) * row_stride;
-      const int32_t cx0 = std::max(x0, 0) * c, cx1 = std::min(x0 + 1, w - 1) * c;
-      index0[i] = ry0 + cx0;
-      index1[i] = ry0 + cx1;
-      index2[i] = ry1 + cx0;
-      index3[i] = ry1 + cx1;
-      weight0[i] = wy0 * wx0;
-      weight1[i] = wy0 * wx1;
-      weight2[i] = wy1 * wx0;
-      weight3[i] = wy1 * wx1;
-    }
-    i_begin += length;
+  for (int64_t i = 0; i < n;) {
+    const int64_t p = p_begin + i;
+    const int64_t oy = p / g.out_width, ox = p % g.out_width;
+    const int64_t count = std::min(n - i, g.out_width - ox);
+    plan_row<scalar_t, acc_t>(
+        static_cast<int32_t>(count), static_cast<acc_t>(base_y(g, oy, ki)),
+        static_cast<acc_t>(base_x(g, ox, kj)), static_cast<acc_t>(g.stride_w),
+        static_cast<int32_t>(g.height), static_cast<int32_t>(g.width),
+        static_cast<int32_t>(g.in_channels), offset_y + p, offset_x + p, mask_k + p, index + i,
+        index + n + i, index + 2 * n + i, index + 3 * n + i, weight + i, weight + n + i,
+        weight + 2 * n + i, weight + 3 * n + i);
+    i += count;
   }
 }
 
