@@ -1,0 +1,204 @@
+"""The training subpackage: data layouts, samples, schedule, a short run whose loss falls, exact
+resume, a two-process run, and the exported model file."""
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vs_iedvr import model_file
+from vs_iedvr.loss import charbonnier_loss
+from vs_iedvr.network import build
+from vs_iedvr.training import data
+from vs_iedvr.training.train import TrainConfig, learning_rate_at, train
+
+TINY_NETWORK = {"num_feat": 16, "deformable_groups": 2, "rigid_widths": (8, 16), "num_rigid_keep": 1,
+                "num_enhance_block": 1, "num_fusion_block": 1, "num_reconstruct_block": 1}
+
+
+def pattern(height, width, seed):
+    """Smooth stripes and blobs at a few frequencies: detail that bicubic loses and a network can
+    learn to restore within a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    image = np.zeros((height, width, 3))
+    for _ in range(4):
+        fy, fx = rng.uniform(0.05, 0.35, 2)
+        image += rng.uniform(0.05, 0.15, 3) * np.sin(fy * y + fx * x + rng.uniform(0, 6))[..., None]
+    return 0.5 + image
+
+
+def write_clip(folder: Path, frames: int, size=(40, 48), seed=0, name="{:08d}.png"):
+    """A pattern moving 1 pixel down and 2 right per frame, as PNG frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    canvas = pattern(size[0] + frames, size[1] + 2 * frames, seed)
+    for t in range(frames):
+        view = canvas[t : t + size[0], 2 * t : 2 * t + size[1]]
+        Image.fromarray((view.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / name.format(t))
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for i in range(3):
+        write_clip(root / "clips" / f"{i:03d}", frames=7, seed=i)
+    stills = root / "stills"
+    stills.mkdir()
+    photo = (pattern(80, 96, seed=5).clip(0, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(photo).save(stills / "photo.png")
+    return root
+
+
+def test_frame_folder_layouts(tmp_path):
+    write_clip(tmp_path / "reds" / "train_sharp" / "000", 6)
+    write_clip(tmp_path / "reds" / "train_sharp" / "001", 6)
+    write_clip(tmp_path / "vimeo" / "sequences" / "00001" / "0001", 7, name="im{}.png")
+    write_clip(tmp_path / "short", 3)
+    assert [c.name for c in data.frame_folders(tmp_path / "reds", 5)] == [
+        "reds/train_sharp/000", "reds/train_sharp/001"]
+    vimeo = data.frame_folders(tmp_path / "vimeo", 5)
+    assert len(vimeo) == 1 and len(vimeo[0].frames) == 7
+    assert data.frame_folders(tmp_path / "short", 5) == []
+    with pytest.raises(ValueError, match="no folder with at least 5 frames"):
+        data.find_sources([str(tmp_path / "short")], 5, tmp_path / "cache")
+
+
+def test_samples_are_deterministic_and_shaped(dataset_root):
+    clips, stills = data.find_sources([str(dataset_root / "clips"), f"stills:{dataset_root / 'stills'}"],
+                                      5, dataset_root / "cache")
+    dataset = data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=3)
+    assert dataset.pass_length() == 3 * 3 + 1
+    for index in range(12):
+        low, high = dataset[index]
+        assert low.shape == (5, 3, 8, 8) and high.shape == (3, 32, 32)
+        again_low, again_high = dataset[index]
+        assert torch.equal(low, again_low) and torch.equal(high, again_high)
+        # 8-bit input, as decoded video would be
+        assert torch.equal((low * 255).round(), low * 255)
+    assert not torch.equal(dataset[0][1], dataset[1][1])
+
+
+def test_synthetic_motion_moves_smoothly():
+    generator = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(120.0), torch.arange(160.0), indexing="ij")
+    image = torch.stack([0.5 + 0.5 * torch.sin(x / 5), 0.5 + 0.5 * torch.cos(y / 7),
+                         (x + y) / 280])
+    clip = data.synthetic_motion(image, 5, 48, generator)
+    assert clip.shape == (5, 3, 48, 48)
+    steps = [(clip[t + 1] - clip[t]).abs().mean().item() for t in range(4)]
+    assert all(s > 1e-3 for s in steps), "the camera must move"
+    assert max(steps) < 4 * min(steps), "and move smoothly, without jumps"
+
+
+def test_learning_rate_warms_up_and_restarts():
+    config = TrainConfig(learning_rate=1e-3, min_learning_rate=0.0, warmup_iterations=10)
+    assert learning_rate_at(0, config, 100) == pytest.approx(1e-4)
+    assert learning_rate_at(10, config, 100) == pytest.approx(1e-3)
+    assert learning_rate_at(60, config, 100) == pytest.approx(5e-4)
+    assert learning_rate_at(109, config, 100) < 1e-6
+    assert learning_rate_at(110, config, 100) == pytest.approx(1e-3)  # restart
+
+
+def tiny_config(dataset_root, out_dir, **changes):
+    values = dict(data=[str(dataset_root / "clips"), f"stills:{dataset_root / 'stills'}"],
+                  out_dir=str(out_dir), network=dict(TINY_NETWORK), patch_size=8, batch_size=2,
+                  iterations=40, learning_rate=2e-3, warmup_iterations=0, log_every=1,
+                  checkpoint_every=10, validate_every=20, validation_fraction=0.25,
+                  validation_samples=2, num_workers=0, threads=1, amp=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def read_log(out_dir):
+    with open(Path(out_dir) / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def fixed_batch(dataset_root, count=8):
+    clips, stills = data.find_sources([str(dataset_root / "clips")], 5, dataset_root / "cache")
+    dataset = data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=123, augmentation=False)
+    samples = [dataset[i] for i in range(count)]
+    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+
+def test_short_training_lowers_the_loss_and_exports(dataset_root, tmp_path):
+    path = train(tiny_config(dataset_root, tmp_path / "run", restart_every=40))
+    assert len(read_log(tmp_path / "run")) == 40
+    assert any(row["val_psnr_y"] for row in read_log(tmp_path / "run"))
+    # The same samples through the untrained network (train() seeds it the same way) and
+    # through the exported result.
+    low, high = fixed_batch(dataset_root)
+    torch.manual_seed(0)
+    untrained = build("iedvr-m", **TINY_NETWORK).eval()
+    trained, metadata = model_file.load_model(path)
+    with torch.no_grad():
+        before = charbonnier_loss(untrained(low), high).item()
+        after = charbonnier_loss(trained(low), high).item()
+    assert after < 0.7 * before, (before, after)
+    assert metadata["weights"]["training"]["iterations"] == 40
+    with torch.no_grad():
+        assert trained(torch.rand(1, 5, 3, 9, 11)).shape == (1, 3, 36, 44)
+
+
+def test_resume_reproduces_the_next_step(dataset_root, tmp_path):
+    train(tiny_config(dataset_root, tmp_path / "straight", iterations=12, checkpoint_every=100))
+    train(tiny_config(dataset_root, tmp_path / "resumed", iterations=10, checkpoint_every=10))
+    train(tiny_config(dataset_root, tmp_path / "resumed", iterations=12, checkpoint_every=100))
+    straight = [float(r["loss"]) for r in read_log(tmp_path / "straight")]
+    resumed = [float(r["loss"]) for r in read_log(tmp_path / "resumed")]
+    assert len(resumed) == 12
+    assert resumed[10:] == pytest.approx(straight[10:], rel=1e-5)
+
+
+def test_two_processes_over_gloo(dataset_root, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", "29533", "-m", "vs_iedvr.training", "train",
+               "--data", str(dataset_root / "clips"), "--out-dir", str(tmp_path / "ddp"),
+               "--network", *[f"{k}={v}" for k, v in TINY_NETWORK.items()],
+               "--patch-size", "8", "--batch-size", "1", "--iterations", "4", "--log-every", "1",
+               "--warmup-iterations", "0", "--num-workers", "0", "--threads", "1", "--no-amp",
+               "--validation-fraction", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_log(tmp_path / "ddp")) == 4
+    model_file.load_model(tmp_path / "ddp" / "model.pt")
+
+
+def test_evaluate_scores_model_and_bicubic(dataset_root, tmp_path):
+    from vs_iedvr.training.degradations import bicubic_upscale
+    from vs_iedvr.training.evaluate import evaluate, quantise
+    from vs_iedvr.training.metrics import psnr
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    clip_root = dataset_root / "clips"
+    results = evaluate(path, [str(clip_root)], "BI", crop_border=2, max_frames=5)
+    per_clip, mean = results["bicubic"]["psnr_y"]
+    assert len(per_clip) == 3 and math.isfinite(mean)
+    assert set(results["model"]) == {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}
+    # The bicubic column recomputed directly for the first clip.
+    frames = sorted((clip_root / "000").glob("*.png"))[:5]
+    high = torch.stack([data.read_image(p) for p in frames]).float() / 255
+    high = high[..., : high.shape[-2] // 4 * 4, : high.shape[-1] // 4 * 4]
+    upscaled = quantise(bicubic_upscale(data.degrade(high, 4, "BI"), 4))
+    expected = sum(psnr(u, h, crop_border=2, y_channel=True) for u, h in zip(upscaled, high)) / 5
+    assert per_clip["clips/000"] == pytest.approx(expected)
+
+
+def test_evaluate_command_prints_a_table(dataset_root, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    result = subprocess.run([sys.executable, "-m", "vs_iedvr.training", "evaluate", str(path),
+                             str(dataset_root / "clips"), "--max-frames", "3"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "bicubic PSNR-Y" in result.stdout and "average over clips" in result.stdout
+    assert result.stdout.count("clips/00") == 3

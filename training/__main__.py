@@ -1,0 +1,70 @@
+"""vs-iedvr-train (python -m vs_iedvr.training) {train,evaluate} ...
+
+    vs-iedvr-train train --data clips/ video.mkv stills:photos/ --out-dir runs/x4 \
+        [--arch iedvr-m] [--network num_feat=32 num_enhance_block=3] [--iterations 100000] ...
+    torchrun --nproc-per-node 2 --no-python vs-iedvr-train train ...   # several processes
+    vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0]
+
+Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
+(resumed automatically), best.pt, log.csv and, at the end, the plugin's model file model.pt.
+"""
+
+import argparse
+import ast
+import dataclasses
+import sys
+
+from .train import TrainConfig, train
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    name, _, value = text.partition("=")
+    if not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    for config_field in dataclasses.fields(TrainConfig):
+        option = "--" + config_field.name.replace("_", "-")
+        default = TrainConfig().__getattribute__(config_field.name)
+        if config_field.name == "data":
+            parser.add_argument(option, nargs="+", required=True,
+                                help="clip folders (REDS, Vimeo-90K or one folder per clip), "
+                                     "video files, stills:FOLDER")
+        elif config_field.name == "network":
+            parser.add_argument(option, nargs="*", type=parse_assignment, default=[],
+                                help="changes to the network preset, NAME=VALUE")
+        elif isinstance(default, bool):
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(option, type=type(default), default=default,
+                                help=f"default {default}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vs-iedvr-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_config_options(commands.add_parser("train", help="train a network"))
+    evaluate_parser = commands.add_parser("evaluate", help="PSNR/SSIM of a model file on clips")
+    evaluate_parser.add_argument("model")
+    evaluate_parser.add_argument("clips", nargs="+", help="folders of ground-truth clips")
+    evaluate_parser.add_argument("--degradation", choices=("BI", "BD"), default="BI")
+    evaluate_parser.add_argument("--crop-border", type=int, default=0)
+    evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        values["network"] = dict(values["network"])
+        print(f"model file: {train(TrainConfig(**values))}")
+        return 0
+    from .evaluate import evaluate_command
+    return evaluate_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

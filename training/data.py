@@ -1,0 +1,231 @@
+"""Training and validation data: clips of frames from folders, video files or still photographs
+(with synthetic camera motion), cut into random windows of high-resolution patches whose
+low-resolution input is made on the fly.
+
+Every sample is a pure function of (seed, sample index): the same index gives the same crop,
+augmentation and synthetic motion in any process, so a resumed or distributed run draws exactly
+the samples an uninterrupted one would.
+"""
+
+import hashlib
+import math
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .degradations import bicubic_downscale, gaussian_blur_downscale
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".y4m", ".m4v", ".mpg", ".mpeg", ".ts"}
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """RGB image as a uint8 tensor [3, H, W]."""
+    from PIL import Image  # training-only dependency
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Consecutive frames of one shot (image files, in order)."""
+    name: str
+    frames: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Still:
+    """A photograph that synthetic camera motion turns into a clip."""
+    name: str
+    path: Path
+
+
+def frame_folders(root: Path, min_frames: int) -> list[Clip]:
+    """Every folder under root (root included) holding at least min_frames images is a clip: the
+    REDS (train_sharp/000/00000000.png), Vimeo-90K (sequences/00001/0001/im1.png) and
+    one-folder-per-clip layouts alike."""
+    clips = []
+    for folder in sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}):
+        frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(frames) >= min_frames:
+            clips.append(Clip(str(folder.relative_to(root.parent)), tuple(frames)))
+    return clips
+
+
+def decode_video(path: Path, cache: Path) -> Clip:
+    """Decodes a video file with ffmpeg into PNG frames under cache (once)."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    target = cache / f"{path.stem}-{digest}"
+    done = target / ".complete"
+    if not done.exists():
+        if shutil.which("ffmpeg") is None:
+            raise RuntimeError(f"decoding {path} needs ffmpeg on PATH (apt-get install ffmpeg), "
+                               "or extract its frames to a folder yourself")
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vsync", "0",
+                        str(target / "%06d.png")], check=True)
+        done.touch()
+    frames = tuple(sorted(target.glob("*.png")))
+    return Clip(path.name, frames)
+
+
+def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list[Clip], list[Still]]:
+    """Clips and stills from a list of sources: folders of clips, video files, or
+    `stills:FOLDER` (every image in it becomes a synthetic-motion clip)."""
+    clips, stills = [], []
+    for source in sources:
+        if source.startswith("stills:"):
+            folder = Path(source.removeprefix("stills:"))
+            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise ValueError(f"{source}: no images found in {folder}")
+            stills += [Still(str(p.relative_to(folder)), p) for p in images]
+            continue
+        path = Path(source)
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            clips.append(decode_video(path, cache))
+        elif path.is_dir():
+            found = frame_folders(path, min_frames)
+            if not found:
+                raise ValueError(f"{source}: no folder with at least {min_frames} frames")
+            clips += found
+        else:
+            raise ValueError(f"{source}: expected a folder of clips, a video file "
+                             f"({', '.join(sorted(VIDEO_SUFFIXES))}) or stills:FOLDER")
+    return clips, stills
+
+
+def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """A clip of num_frames [3, size, size] views of a float image [3, H, W] along a smooth random
+    camera path (translation, rotation, zoom) with a mild smooth local deformation."""
+    _, height, width = image.shape
+    uniform = lambda low, high: low + (high - low) * torch.rand((), generator=generator).item()
+    # Motion per frame, in output pixels and radians; the path is linear plus a gentle curve.
+    velocity = torch.tensor([uniform(-3, 3), uniform(-3, 3)])
+    acceleration = torch.tensor([uniform(-0.3, 0.3), uniform(-0.3, 0.3)])
+    spin, zoom_rate = uniform(-0.01, 0.01), uniform(-0.01, 0.01)
+    scale0 = uniform(0.6, 1.0) * min(height, width) / size  # source pixels per output pixel
+    scale0 = max(scale0, 1.0) if min(height, width) >= size else min(height, width) / size
+    span = size * scale0 * 1.5  # leave room for the motion
+    centre = torch.tensor([uniform(span / 2, max(span / 2, width - span / 2)),
+                           uniform(span / 2, max(span / 2, height - span / 2))])
+    # Mild local deformation: a smooth random displacement field shared by the clip, drifting.
+    warp = torch.randn(2, 2, 4, 4, generator=generator) * 0.004
+
+    axis = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2)
+    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    views = []
+    for t in range(num_frames):
+        step = t - num_frames // 2
+        shift = velocity * step + acceleration * step * step / 2
+        angle, zoom = spin * step, scale0 * (1 + zoom_rate * step)
+        cos, sin = math.cos(angle), math.sin(angle)
+        x = centre[0] + shift[0] * scale0 + zoom * (cos * gx - sin * gy)
+        y = centre[1] + shift[1] * scale0 + zoom * (sin * gx + cos * gy)
+        grid = torch.stack([x / (width - 1) * 2 - 1, y / (height - 1) * 2 - 1], dim=-1)[None]
+        field = warp[0] + warp[1] * step / max(1, num_frames // 2)
+        grid = grid + F.interpolate(field[None], size=(size, size), mode="bicubic",
+                                    align_corners=True).permute(0, 2, 3, 1)
+        views.append(F.grid_sample(image[None], grid, mode="bicubic", padding_mode="reflection",
+                                   align_corners=True)[0])
+    return torch.stack(views).clamp(0, 1)
+
+
+def degrade(high: torch.Tensor, scale: int, degradation: str) -> torch.Tensor:
+    """The low-resolution input, quantised to 8 bits as a real video frame would be."""
+    if degradation == "BI":
+        low = bicubic_downscale(high, scale)
+    elif degradation == "BD":
+        low = gaussian_blur_downscale(high, scale, sigma=0.4 * scale)  # DUF/BasicSR: 1.6 at x4
+    else:
+        raise ValueError(f"degradation must be 'BI' or 'BD', got {degradation!r}")
+    return (low.clamp(0, 1) * 255).round() / 255
+
+
+def augment(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal/vertical flips, 90-degree rotation and temporal reversal of [T, 3, H, W]."""
+    flip_h, flip_v, rotate, reverse = torch.rand(4, generator=generator) < 0.5
+    if flip_h:
+        frames = frames.flip(-1)
+    if flip_v:
+        frames = frames.flip(-2)
+    if rotate:
+        frames = frames.transpose(-1, -2)
+    if reverse:
+        frames = frames.flip(0)
+    return frames
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Sample index -> (low [T, 3, P, P], high [3, P*s, P*s]): a random window of num_frames
+    consecutive frames of a random clip (or a synthetic-motion clip of a random still), cropped
+    at random, augmented, degraded. Deterministic in (seed, index)."""
+
+    def __init__(self, clips: list[Clip], stills: list[Still], num_frames: int, scale: int,
+                 patch_size: int, degradation: str, seed: int, augmentation: bool = True):
+        if not clips and not stills:
+            raise ValueError("no training data: give at least one clip source or stills:FOLDER")
+        self.clips, self.stills = clips, stills
+        self.num_frames, self.scale, self.patch = num_frames, scale, patch_size
+        self.degradation, self.seed, self.augmentation = degradation, seed, augmentation
+        # Windows per clip, so that a clip is drawn in proportion to its length.
+        self.windows = [len(c.frames) - num_frames + 1 for c in clips] + [1] * len(stills)
+
+    def pass_length(self) -> int:
+        """Samples in one pass over the data: every window of every clip, every still once."""
+        return sum(self.windows)
+
+    def generator_for(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, index)) % 2**63)
+
+    def __len__(self) -> int:  # indexes are unbounded; this only satisfies the DataLoader
+        return 2**62
+
+    def __getitem__(self, index: int):
+        generator = self.generator_for(index)
+        position = int(torch.randint(self.pass_length(), (), generator=generator))
+        size = self.patch * self.scale
+        source = 0
+        while position >= self.windows[source]:
+            position -= self.windows[source]
+            source += 1
+        if source < len(self.clips):
+            paths = self.clips[source].frames[position : position + self.num_frames]
+            frames = torch.stack([read_image(p) for p in paths])
+            high = random_crop(frames, size, generator).float() / 255
+        else:
+            image = read_image(self.stills[source - len(self.clips)].path).float() / 255
+            high = synthetic_motion(image, self.num_frames, size, generator)
+        if self.augmentation:
+            high = augment(high, generator)
+        low = degrade(high, self.scale, self.degradation)
+        return low, high[self.num_frames // 2]
+
+
+def random_crop(frames: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    _, _, height, width = frames.shape
+    if height < size or width < size:
+        raise ValueError(f"frames of {width}x{height} are smaller than the {size}x{size} patch")
+    top = int(torch.randint(height - size + 1, (), generator=generator))
+    left = int(torch.randint(width - size + 1, (), generator=generator))
+    return frames[..., top : top + size, left : left + size]
+
+
+def split_validation(clips: list[Clip], stills: list[Still], fraction: float, seed: int):
+    """A fixed split: the same sources go to validation for a given seed and source list."""
+    order = list(range(len(clips) + len(stills)))
+    random.Random(seed).shuffle(order)
+    count = max(1, round(fraction * len(order))) if fraction > 0 and len(order) > 1 else 0
+    held_out = set(order[:count])
+    pick = lambda items, offset, keep: [x for i, x in enumerate(items) if ((i + offset) in held_out) == keep]
+    return ((pick(clips, 0, False), pick(stills, len(clips), False)),
+            (pick(clips, 0, True), pick(stills, len(clips), True)))

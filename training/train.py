@@ -1,0 +1,268 @@
+"""The training loop, top to bottom (after nanoGPT's train.py).
+
+    vs-iedvr-train train --data clips/ stills:photos/ --out-dir runs/x4
+    torchrun --nproc-per-node 2 --no-python vs-iedvr-train train ...   # several processes or nodes
+
+The paper's recipe (Sections 2.1, 2.5, 3.1): Charbonnier loss, Adam (0.9, 0.99), cosine annealing
+that restarts after every pass over the data, mixed precision (float16 with loss scaling on CUDA,
+bfloat16 on CPUs that have it). For the deformable convolutions' stability: a lower learning rate
+for the offset predictors, a linear warm-up, and the mean offset magnitude logged with a warning
+past 50. Checkpoints allow an exact resume; the result is exported to the plugin's model file.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from vs_iedvr import model_file
+from vs_iedvr.edvr_blocks import DCNv2Pack
+from vs_iedvr.loss import charbonnier_loss
+from vs_iedvr.network import build
+
+from .data import WindowDataset, find_sources, split_validation
+from .metrics import psnr, rgb_to_y, ssim
+
+OFFSET_WARNING = 50.0
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)  # clip folders, video files, stills:FOLDER
+    out_dir: str = "runs/iedvr"
+    arch: str = "iedvr-m"
+    network: dict = field(default_factory=dict)  # overrides of the preset's NetworkConfig
+    scale: int = 4
+    degradation: str = "BI"  # BI (bicubic) or BD (Gaussian blur, every scale-th pixel)
+    patch_size: int = 64  # low-resolution patch side
+    batch_size: int = 8  # per process
+    iterations: int = 100_000
+    learning_rate: float = 4e-4
+    min_learning_rate: float = 1e-7
+    offset_lr_factor: float = 0.1  # learning rate multiplier of the DCN offset predictors
+    warmup_iterations: int = 500
+    restart_every: int = 0  # iterations per cosine cycle; 0 = one pass over the data (the paper)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    amp: bool = True  # float16 + loss scaling on CUDA, bfloat16 on CPUs that support it
+    channels_last: bool = True
+    validation_fraction: float = 0.1
+    validation_samples: int = 16
+    validate_every: int = 1000
+    checkpoint_every: int = 500
+    log_every: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+
+def learning_rate_at(step: int, config: TrainConfig, cycle: int) -> float:
+    """Linear warm-up, then cosine annealing from learning_rate to min_learning_rate, restarting
+    every `cycle` iterations."""
+    if step < config.warmup_iterations:
+        return config.learning_rate * (step + 1) / config.warmup_iterations
+    position = (step - config.warmup_iterations) % cycle
+    cosine = 0.5 * (1 + math.cos(math.pi * position / cycle))
+    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
+
+
+def parameter_groups(network, config: TrainConfig) -> list[dict]:
+    offsets = [p for n, p in network.named_parameters() if "conv_offset" in n]
+    others = [p for n, p in network.named_parameters() if "conv_offset" not in n]
+    return [{"params": others, "lr_factor": 1.0},
+            {"params": offsets, "lr_factor": config.offset_lr_factor}]
+
+
+def mean_offset_magnitude(network) -> float:
+    values = [m.offset_magnitude for m in network.modules()
+              if isinstance(m, DCNv2Pack) and m.offset_magnitude is not None]
+    return torch.stack(values).mean().item() if values else 0.0
+
+
+def low_precision_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type == "cuda":
+        return torch.float16
+    capability = torch.backends.cpu.get_cpu_capability()
+    supports_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if supports_bf16 or capability in ("AMX",) else None
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(choice)
+
+
+def save_checkpoint(path: Path, network, optimizer, scaler, step: int, best_psnr: float,
+                    config: TrainConfig) -> None:
+    temporary = path.with_name(path.name + ".partial")
+    torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "best_psnr": best_psnr,
+                "config": dataclasses.asdict(config)}, temporary)
+    os.replace(temporary, path)
+
+
+@torch.no_grad()
+def validate(network, dataset: WindowDataset, count: int, device, autocast) -> tuple[float, float]:
+    """Mean Y-PSNR and Y-SSIM over the first `count` validation samples (fixed by the seed)."""
+    network.eval()
+    psnrs, ssims = [], []
+    for index in range(count):
+        low, high = dataset[index]
+        with autocast():
+            out = network(low[None].to(device)).float().clamp(0, 1).cpu()
+        psnrs.append(psnr(out[0], high, y_channel=True))
+        ssims.append(ssim(out[0], high, y_channel=True))
+    network.train()
+    finite = [p for p in psnrs if math.isfinite(p)]
+    return sum(finite) / max(1, len(finite)), sum(ssims) / len(ssims)
+
+
+def train(config: TrainConfig) -> Path:
+    # -- processes: one, or several under torchrun ------------------------------------------
+    distributed = "RANK" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(config.device, local_rank)
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    master = rank == 0
+    out_dir = Path(config.out_dir)
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+
+    # -- data ------------------------------------------------------------------------------------
+    network = build(config.arch, scale=config.scale, **config.network)
+    frames = network.config.num_frame
+    clips, stills = find_sources(config.data, frames, out_dir / "decoded")
+    (train_clips, train_stills), (val_clips, val_stills) = split_validation(
+        clips, stills, config.validation_fraction, config.seed)
+    dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
+                            config.degradation, seed=config.seed)
+    validation = (WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
+                                config.degradation, seed=config.seed + 1, augmentation=False)
+                  if val_clips or val_stills else None)
+    cycle = config.restart_every or max(1, dataset.pass_length() // (config.batch_size * world))
+
+    # -- model, optimiser, precision -------------------------------------------------------------
+    network = network.to(device)
+    if config.channels_last:  # 2D convolutions only; Module.to() refuses the 3D ones' 5D weights
+        for parameter in network.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(parameter_groups(network, config), lr=config.learning_rate,
+                                 betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    amp_dtype = low_precision_dtype(device) if config.amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    step, best_psnr = 0, -math.inf
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if last_path.exists():  # resume exactly where the last checkpoint was written
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, best_psnr = state["step"], state["best_psnr"]
+    model = DistributedDataParallel(network) if distributed else network
+
+    # Sample i of step s is sample (s * world + rank) * batch + i of the dataset: every process
+    # and every resume draws the samples of an uninterrupted single run.
+    def batches(start: int):
+        indexes = (((s * world + rank) * config.batch_size + i)
+                   for s in range(start, config.iterations) for i in range(config.batch_size))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, sampler=indexes,
+            num_workers=config.num_workers, persistent_workers=False,
+            pin_memory=device.type == "cuda")
+        return iter(loader)
+
+    log_file = None
+    if master:
+        new_log = not (out_dir / "log.csv").exists()
+        log_file = open(out_dir / "log.csv", "a", newline="")
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(["step", "loss", "learning_rate", "offset_magnitude", "iterations_per_s",
+                          "val_psnr_y", "val_ssim_y", "seconds"])
+
+    # -- the loop --------------------------------------------------------------------------------
+    model.train()
+    started, window_start, window_losses = time.time(), time.time(), []
+    data = batches(step)
+    while step < config.iterations:
+        lr = learning_rate_at(step, config, cycle)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_factor"]
+        low, high = next(data)
+        low, high = low.to(device, non_blocking=True), high.to(device, non_blocking=True)
+        with autocast():
+            out = model(low)
+        loss = charbonnier_loss(out.float(), high)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        window_losses.append(loss.item())
+
+        if master and (step % config.log_every == 0 or step == config.iterations):
+            offsets = mean_offset_magnitude(network)
+            if offsets > OFFSET_WARNING:
+                warnings.warn(f"step {step}: mean DCN offset magnitude {offsets:.1f} > "
+                              f"{OFFSET_WARNING:.0f}: training may be diverging (lower "
+                              "learning_rate or offset_lr_factor, or raise warmup_iterations)")
+            rate = len(window_losses) / (time.time() - window_start)
+            mean_loss = sum(window_losses) / len(window_losses)
+            left = (config.iterations - step) / max(rate, 1e-9)
+            val_psnr = val_ssim = ""
+            if validation is not None and (step % config.validate_every == 0 or step == config.iterations):
+                val_psnr, val_ssim = validate(network, validation, config.validation_samples,
+                                              device, autocast)
+                if val_psnr > best_psnr:
+                    best_psnr = val_psnr
+                    save_checkpoint(best_path, network, optimizer, scaler, step, best_psnr, config)
+            print(f"step {step}/{config.iterations} loss {mean_loss:.5f} lr {lr:.2e} "
+                  f"offsets {offsets:.2f} {rate:.2f} it/s, {left / 3600:.1f} h left"
+                  + (f", val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}" if val_psnr != "" else ""),
+                  flush=True)
+            log.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{offsets:.3f}", f"{rate:.3f}",
+                          val_psnr, val_ssim, f"{time.time() - started:.1f}"])
+            log_file.flush()
+            window_start, window_losses = time.time(), []
+        if master and (step % config.checkpoint_every == 0 or step == config.iterations):
+            save_checkpoint(last_path, network, optimizer, scaler, step, best_psnr, config)
+
+    # -- the result: the plugin's model file -----------------------------------------------------
+    model_path = out_dir / "model.pt"
+    if master:
+        log_file.close()
+        weights = best_path if best_path.exists() else last_path
+        final = build(config.arch, scale=config.scale, **config.network)
+        provenance = model_file.load_weights(final, weights)
+        provenance["training"] = {"data": config.data, "degradation": config.degradation,
+                                  "iterations": config.iterations, "arch": config.arch,
+                                  "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
+        model_file.export_model(final, model_path, config.arch, provenance)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return model_path
