@@ -69,6 +69,27 @@ def test_frame_folder_layouts(tmp_path):
         data.find_sources([str(tmp_path / "short")], 5, tmp_path / "cache")
 
 
+def test_video_files_are_decoded(tmp_path):
+    import av
+
+    frames = [(pattern(40, 48, seed=t).clip(0, 1) * 255).round().astype(np.uint8) for t in range(6)]
+    video = tmp_path / "clip.mkv"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 40, "bgr0"  # lossless RGB
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    clips, stills = data.find_sources([str(video)], 5, tmp_path / "cache")
+    assert len(clips) == 1 and not stills and len(clips[0].frames) == 6
+    for path, frame in zip(clips[0].frames, frames):
+        assert torch.equal(data.read_image(path), torch.from_numpy(frame).permute(2, 0, 1))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="cannot decode"):
+        data.find_sources([str(broken)], 5, tmp_path / "cache")
+
+
 def test_samples_are_deterministic_and_shaped(dataset_root):
     clips, stills = data.find_sources([str(dataset_root / "clips"), f"stills:{dataset_root / 'stills'}"],
                                       5, dataset_root / "cache")
@@ -202,3 +223,23 @@ def test_evaluate_command_prints_a_table(dataset_root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "bicubic PSNR-Y" in result.stdout and "average over clips" in result.stdout
     assert result.stdout.count("clips/00") == 3
+
+
+def test_mixed_precision_run_on_the_cpu(dataset_root, tmp_path):
+    # bfloat16 autocast where the CPU supports it (the deformable convolution included).
+    train(tiny_config(dataset_root, tmp_path / "amp", iterations=3, amp=True, validation_fraction=0))
+    assert all(math.isfinite(float(row["loss"])) for row in read_log(tmp_path / "amp"))
+
+
+def test_offset_magnitude_is_measured():
+    from vs_iedvr.training.train import mean_offset_magnitude
+
+    torch.manual_seed(0)
+    network = build("iedvr-m", **TINY_NETWORK).train()
+    with torch.no_grad():
+        network.pcd_align.cas_dcnpack.conv_offset.bias.fill_(60.0)  # every offset 60 pixels
+        network(torch.rand(1, 5, 3, 8, 8))
+    packs = [m for m in network.modules() if hasattr(m, "offset_magnitude")]
+    assert len(packs) == 4
+    expected = (3 * 0.0 + 60.0) / 4  # the other packs predict zero offsets at initialisation
+    assert mean_offset_magnitude(network) == pytest.approx(expected)

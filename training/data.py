@@ -10,8 +10,6 @@ the samples an uninterrupted one would.
 import hashlib
 import math
 import random
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,20 +59,23 @@ def frame_folders(root: Path, min_frames: int) -> list[Clip]:
 
 
 def decode_video(path: Path, cache: Path) -> Clip:
-    """Decodes a video file with ffmpeg into PNG frames under cache (once)."""
+    """Decodes a video file (anything FFmpeg reads, through PyAV) into PNG frames under cache,
+    once."""
+    import av  # training-only dependency; its wheels carry FFmpeg
+
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     target = cache / f"{path.stem}-{digest}"
     done = target / ".complete"
     if not done.exists():
-        if shutil.which("ffmpeg") is None:
-            raise RuntimeError(f"decoding {path} needs ffmpeg on PATH (apt-get install ffmpeg), "
-                               "or extract its frames to a folder yourself")
         target.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vsync", "0",
-                        str(target / "%06d.png")], check=True)
+        try:
+            with av.open(str(path)) as container:
+                for number, frame in enumerate(container.decode(video=0)):
+                    frame.to_image().save(target / f"{number:06d}.png")
+        except av.FFmpegError as error:
+            raise ValueError(f"{path}: cannot decode the video ({error})") from None
         done.touch()
-    frames = tuple(sorted(target.glob("*.png")))
-    return Clip(path.name, frames)
+    return Clip(path.name, tuple(sorted(target.glob("*.png"))))
 
 
 def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list[Clip], list[Still]]:

@@ -192,8 +192,13 @@ def train(config: TrainConfig) -> Path:
             pin_memory=device.type == "cuda")
         return iter(loader)
 
-    log_file = None
+    log_file = tensorboard = None
     if master:
+        try:  # TensorBoard curves when it is installed; log.csv always
+            from torch.utils.tensorboard import SummaryWriter
+            tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            pass
         new_log = not (out_dir / "log.csv").exists()
         log_file = open(out_dir / "log.csv", "a", newline="")
         log = csv.writer(log_file)
@@ -247,6 +252,12 @@ def train(config: TrainConfig) -> Path:
             log.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{offsets:.3f}", f"{rate:.3f}",
                           val_psnr, val_ssim, f"{time.time() - started:.1f}"])
             log_file.flush()
+            if tensorboard is not None:
+                scalars = {"loss": mean_loss, "learning_rate": lr, "offset_magnitude": offsets,
+                           "val_psnr_y": val_psnr, "val_ssim_y": val_ssim}
+                for name, value in scalars.items():
+                    if value != "":
+                        tensorboard.add_scalar(name, value, step)
             window_start, window_losses = time.time(), []
         if master and (step % config.checkpoint_every == 0 or step == config.iterations):
             save_checkpoint(last_path, network, optimizer, scaler, step, best_psnr, config)
@@ -255,6 +266,8 @@ def train(config: TrainConfig) -> Path:
     model_path = out_dir / "model.pt"
     if master:
         log_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
         weights = best_path if best_path.exists() else last_path
         final = build(config.arch, scale=config.scale, **config.network)
         provenance = model_file.load_weights(final, weights)
