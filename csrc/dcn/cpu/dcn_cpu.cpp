@@ -103,48 +103,54 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
               "process it in tiles");
   // The kernel's own at:: calls (GEMMs, sums) are not part of the autograd graph.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous();  // free if channels-last
-  const at::Tensor offset = offset_.contiguous(), mask = mask_.contiguous();
+  // float16 and bfloat16 are sampled in float32 (their conversions would keep the sampling loops
+  // from vectorising) and multiplied in their own type (the fast GEMM on CPUs that have one).
+  const at::ScalarType dtype = input_.scalar_type(), sampling_type = at::toOpMathType(dtype);
+  const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous().to(sampling_type);
+  const at::Tensor offset = offset_.to(sampling_type).contiguous();
+  const at::Tensor mask = mask_.to(sampling_type).contiguous();
   const at::Tensor weight = weight_tap_major(weight_);
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
   const bool has_bias = bias.has_value() && bias->defined();
 
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_height, g.out_width},
-                                input.options());
+                                input_.options());
   if (output.numel() == 0) return output;
   const at::Tensor output_flat = output.view({g.batch, g.out_channels, g.out_pixels()});
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
   const int64_t chunks_per_image = (g.out_pixels() + chunk - 1) / chunk;
   const int64_t row = g.in_channels * g.taps();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "iedvr_modulated_deform_conv2d_cpu", [&] {
-        // Each task owns whole chunks (sampling, then its GEMMs single-threaded). OpenMP workers
-        // do not inherit the caller's dispatch state (autograd exclusion, inference mode), which
-        // the GEMMs' dispatch needs: hand it over explicitly.
-        const at::ThreadLocalState caller_state;
-        at::parallel_for(0, g.batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
-          const at::ThreadLocalStateGuard same_state(caller_state);
-          at::Tensor columns = at::empty({chunk * row}, input.options());
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t b = task / chunks_per_image;
-            const int64_t p_begin = (task % chunks_per_image) * chunk;
-            const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
-            const at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
-            sample_columns<scalar_t>(g, input[b].const_data_ptr<scalar_t>(),
-                                     offset[b].const_data_ptr<scalar_t>(),
-                                     mask[b].const_data_ptr<scalar_t>(), p_begin, n,
-                                     cols.data_ptr<scalar_t>());
-            const at::Tensor out = output_flat[b].narrow(1, p_begin, n);
-            for (int64_t grp = 0; grp < groups; ++grp) {
-              at::Tensor out_g = out.narrow(0, grp * cout_g, cout_g);
-              at::mm_out(out_g, weight.narrow(0, grp * cout_g, cout_g),
-                         cols.narrow(1, grp * rows_g, rows_g).t());
-            }
-            if (has_bias) out.add_(bias->view({-1, 1}));
-          }
-        });
-      });
+  AT_DISPATCH_FLOATING_TYPES(sampling_type, "iedvr_modulated_deform_conv2d_cpu", [&] {
+    // Each task owns whole chunks (sampling, then its GEMMs single-threaded). OpenMP workers do
+    // not inherit the caller's dispatch state (autograd exclusion, inference mode), which the
+    // GEMMs' dispatch needs: hand it over explicitly.
+    const at::ThreadLocalState caller_state;
+    at::parallel_for(0, g.batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard same_state(caller_state);
+      at::Tensor samples = at::empty({chunk * row}, input.options());
+      at::Tensor columns = dtype == sampling_type ? samples : at::empty({chunk * row}, output.options());
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / chunks_per_image;
+        const int64_t p_begin = (task % chunks_per_image) * chunk;
+        const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
+        const at::Tensor sampled = samples.narrow(0, 0, n * row).view({n, row});
+        sample_columns<scalar_t>(g, input[b].const_data_ptr<scalar_t>(),
+                                 offset[b].const_data_ptr<scalar_t>(),
+                                 mask[b].const_data_ptr<scalar_t>(), p_begin, n,
+                                 sampled.data_ptr<scalar_t>());
+        at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
+        if (dtype != sampling_type) cols.copy_(sampled);
+        const at::Tensor out = output_flat[b].narrow(1, p_begin, n);
+        for (int64_t grp = 0; grp < groups; ++grp) {
+          at::Tensor out_g = out.narrow(0, grp * cout_g, cout_g);
+          at::mm_out(out_g, weight.narrow(0, grp * cout_g, cout_g),
+                     cols.narrow(1, grp * rows_g, rows_g).t());
+        }
+        if (has_bias) out.add_(bias->view({-1, 1}));
+      }
+    });
+  });
   return output;
 }
 
@@ -216,8 +222,8 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
   const at::Tensor grad_weight_nchw =
       grad_weight.view({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels / groups})
           .permute({0, 3, 1, 2});
-  return {grad_input.permute({0, 3, 1, 2}).to(dtype, false, false, at::MemoryFormat::Contiguous), grad_offset,
-          grad_mask, grad_weight_nchw.to(dtype, false, false, at::MemoryFormat::Contiguous), grad_bias};
+  return {grad_input.permute({0, 3, 1, 2}).contiguous().to(dtype), grad_offset, grad_mask,
+          grad_weight_nchw.contiguous().to(dtype), grad_bias};
 }
 
 }  // namespace
