@@ -45,7 +45,7 @@ class TrainConfig:
     patch_size: int = 64  # low-resolution patch side
     batch_size: int = 8  # per process
     iterations: int = 100_000
-    learning_rate: float = 4e-4
+    learning_rate: float = 5e-5  # the paper's initial rate (EDVR used 4e-4)
     min_learning_rate: float = 1e-7
     offset_lr_factor: float = 0.1  # learning rate multiplier of the DCN offset predictors
     warmup_iterations: int = 500

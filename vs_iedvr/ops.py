@@ -19,7 +19,9 @@ def _load_library() -> None:
         raise ImportError(
             f"vs_iedvr's compiled operators are missing ({LIBRARY_PATH} does not exist). "
             "Install the package with `pip install --no-build-isolation .` (or run `./run setup` "
-            "in a checkout); importing vs_iedvr from a source tree without building does not work."
+            "in a checkout). In the repository's root, `python` imports the unbuilt source folder "
+            "instead of the installed package: use `python -P`, the `vs-iedvr` command, or "
+            "another folder."
         )
     torch.ops.load_library(str(LIBRARY_PATH))
 
