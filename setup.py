@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 
 def find_cuda_home() -> str | None:
@@ -92,7 +92,35 @@ def ops_extension():
     return cpp_extension.CppExtension(sources=sources, **kwargs)
 
 
+def engine_extension():
+    """The libtorch inference engine that the VapourSynth filter loads on first use."""
+    return cpp_extension.CppExtension(
+        name="vs_iedvr.libiedvr_engine",
+        sources=["csrc/plugin/engine.cpp"],
+        extra_compile_args={"cxx": ["-O2"]},
+        # --no-as-needed keeps libtorch.so (and through it the CUDA backend) loaded although the
+        # engine names no symbol of it directly.
+        extra_link_args=["-Wl,--no-as-needed", "-ltorch", "-Wl,--as-needed", "-ldl",
+                         "-Wl,-rpath,$ORIGIN/../torch/lib"],
+        py_limited_api=True,
+    )
+
+
+def vapoursynth_plugin_extension():
+    """The autoloaded VapourSynth plugin: no libtorch, so that it costs scripts nothing."""
+    import vapoursynth
+
+    return Extension(
+        name="vapoursynth.plugins.iedvr.libiedvr_vs",
+        sources=["csrc/plugin/vs_filter.cpp"],
+        include_dirs=[vapoursynth.get_include()],
+        extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden"],
+        extra_link_args=["-ldl"],
+        py_limited_api=True,
+    )
+
+
 setup(
-    ext_modules=[ops_extension()],
+    ext_modules=[ops_extension(), engine_extension(), vapoursynth_plugin_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)},
 )

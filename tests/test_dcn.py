@@ -189,6 +189,10 @@ BAD_ARGUMENTS = [
     ("dg_not_divisor", lambda t: t.update(deformable_groups=3), "divisible by deformable_groups"),
     ("groups_not_divisor", lambda t: t.update(groups=3), "divisible by groups"),
     ("zero_stride", lambda t: t.update(stride=[0, 1]), "stride must be >= 1"),
+    ("no_channels", lambda t: t.update(input=t["input"][:, :0], weight=t["weight"][:, :0]),
+     "at least one channel"),
+    ("no_rows", lambda t: t.update(input=t["input"][:, :, :0]), "at least one channel, row"),
+    ("float8", lambda t: t.update(input=t["input"].to(torch.float8_e4m3fn)), "input must be float32"),
     ("too_small", lambda t: t.update(input=t["input"][..., :1, :1], padding=[0, 0]),
      "smaller than the dilated kernel"),
 ]
@@ -228,6 +232,15 @@ def test_cuda_matches_cpu_float32(case):
     for grad, grad_cuda in zip(grads, grads_cuda):
         if grad is not None:
             torch.testing.assert_close(grad_cuda.cpu(), grad, rtol=1e-3, atol=1e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("several_chunks", "groups2_dg8")],
+                         ids=lambda c: c.name)
+def test_cuda_chunked_path_matches_reference(case, monkeypatch):
+    # 37 pixels per chunk: many chunks, none aligned with the rows, a short last one.
+    monkeypatch.setenv("IEDVR_CUDA_CHUNK_PIXELS", "37")
+    assert_matches_reference(case, torch.float64, "cuda", rtol=1e-9, atol=1e-9)
 
 
 @requires_cuda

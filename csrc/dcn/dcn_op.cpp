@@ -56,8 +56,10 @@ ConvGeometry check_modulated_deform_conv2d_args(
   check_4d(offset, "offset", "[N, 2 * deformable_groups * kh * kw, H_out, W_out]");
   check_4d(mask, "mask", "[N, deformable_groups * kh * kw, H_out, W_out]");
   check_4d(weight, "weight", "[C_out, C_in / groups, kh, kw]");
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), kOp,
-              "input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  const at::ScalarType dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              kOp, "input must be float32, float64, float16 or bfloat16, got ", dtype);
   check_same_device_and_dtype(input, offset, "offset");
   check_same_device_and_dtype(input, mask, "mask");
   check_same_device_and_dtype(input, weight, "weight");
@@ -85,6 +87,11 @@ ConvGeometry check_modulated_deform_conv2d_args(
   g.groups = groups;
   g.deformable_groups = deformable_groups;
 
+  TORCH_CHECK(g.in_channels >= 1 && g.height >= 1 && g.width >= 1, kOp,
+              "input must have at least one channel, row and column, got shape ",
+              shape_string(input.sizes()));
+  TORCH_CHECK(g.out_channels >= 1, kOp, "weight must have at least one output channel, got shape ",
+              shape_string(weight.sizes()));
   TORCH_CHECK(g.in_channels % groups == 0, kOp, "input channels (", g.in_channels,
               ") must be divisible by groups (", groups, ")");
   TORCH_CHECK(g.out_channels % groups == 0, kOp, "weight.size(0) = output channels (",

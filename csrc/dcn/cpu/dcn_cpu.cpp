@@ -101,8 +101,9 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
               "iedvr::modulated_deform_conv2d: an input image of ", g.height, "x", g.width, "x",
               g.in_channels, " elements is too large for the CPU kernel (at most 2^31 - 1); "
               "process it in tiles");
-  // The kernel's own at:: calls (GEMMs, sums) are not part of the autograd graph.
+  // The kernel's own at:: calls (GEMMs, sums) are neither part of the autograd graph nor autocast.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   // float16 and bfloat16 are sampled in float32 (their conversions would keep the sampling loops
   // from vectorising) and multiplied in their own type (the fast GEMM on CPUs that have one).
   const at::ScalarType dtype = input_.scalar_type(), sampling_type = at::toOpMathType(dtype);
@@ -164,6 +165,7 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
       grad_output_, input_, offset_, mask_, weight_, bias, stride, padding, dilation, groups,
       deformable_groups);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous();
   const at::Tensor offset = offset_.contiguous(), mask = mask_.contiguous();
   const at::Tensor grad_output =

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "../dcn.h"
 
@@ -25,11 +26,14 @@ unsigned int blocks_for(int64_t work_items) {
       std::min<int64_t>((work_items + kThreads - 1) / kThreads, int64_t{1} << 16));
 }
 
-// Column buffers of up to 256 MiB: whole 1080p frames at 64 channels in one GEMM.
+// Column buffers of up to 256 MiB: whole 1080p frames at 64 channels in one GEMM. A multiple of
+// 8 pixels keeps every chunk's columns aligned for tensor-core GEMMs. IEDVR_CUDA_CHUNK_PIXELS
+// overrides the size, so that the tests can run the chunked path on small inputs.
 int64_t pixels_per_chunk(const ConvGeometry& g, int64_t element_size) {
-  const int64_t rows = std::max<int64_t>(g.in_channels * g.taps(), 1);
-  const int64_t chunk = (int64_t{256} << 20) / (rows * element_size);
-  return std::min(std::max<int64_t>(chunk, 256), g.out_pixels());
+  const int64_t rows = g.in_channels * g.taps();
+  int64_t chunk = ((int64_t{256} << 20) / (rows * element_size)) / 8 * 8;
+  if (const char* forced = std::getenv("IEDVR_CUDA_CHUNK_PIXELS")) chunk = std::atoll(forced);
+  return std::min(std::max<int64_t>(chunk, 1), g.out_pixels());
 }
 
 template <typename acc_t, typename scalar_t>
@@ -62,7 +66,9 @@ __global__ void deformable_im2col_kernel(ConvGeometry g, const scalar_t* __restr
     for (int64_t k = 0; k < taps; ++k) {
       const BilinearCorners<acc_t> s = sample_point<acc_t>(g, offset, dg, k, p);
       acc_t value = 0;
-      for (int j = 0; j < 4; ++j) value += s.weight[j] * static_cast<acc_t>(plane[s.index[j]]);
+      for (int j = 0; j < 4; ++j) {
+        if (s.weight[j] != 0) value += s.weight[j] * static_cast<acc_t>(plane[s.index[j]]);
+      }
       const acc_t m = static_cast<acc_t>(mask[mask_channel(g, dg, k) * g.out_pixels() + p]);
       columns[(c * taps + k) * n + i] = static_cast<scalar_t>(m * value);
     }
@@ -112,6 +118,7 @@ __global__ void deformable_coordinate_grad_kernel(
       const scalar_t* plane = input + c * g.in_pixels();
       const acc_t gc = static_cast<acc_t>(grad_columns[(c * taps + k) * n + i]);
       for (int j = 0; j < 4; ++j) {
+        if (s.weight[j] == 0 && s.dweight_dy[j] == 0 && s.dweight_dx[j] == 0) continue;
         const acc_t v = static_cast<acc_t>(plane[s.index[j]]);
         sum_value += gc * s.weight[j] * v;
         sum_dy += gc * m * s.dweight_dy[j] * v;
@@ -134,8 +141,9 @@ at::Tensor forward_cuda(const at::Tensor& input_, const at::Tensor& offset_,
       input_, offset_, mask_, weight_, bias, stride, padding, dilation, groups,
       deformable_groups);
   const c10::cuda::CUDAGuard device_guard(input_.device());
-  // The kernel's own at:: calls (GEMMs, sums) are not part of the autograd graph.
+  // The kernel's own at:: calls (GEMMs) are neither part of the autograd graph nor autocast.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(),
                    mask = mask_.contiguous();
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
@@ -183,8 +191,11 @@ Gradients backward_cuda(const at::Tensor& grad_output_, const at::Tensor& input_
       grad_output_, input_, offset_, mask_, weight_, bias, stride, padding, dilation, groups,
       deformable_groups);
   const c10::cuda::CUDAGuard device_guard(input_.device());
-  // The kernel's own at:: calls (GEMMs, sums) are not part of the autograd graph.
+  // The kernel's own at:: calls (GEMMs, sums) are neither part of the autograd graph nor subject
+  // to autocast (a backward() inside an autocast region carries that state here).
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  at::globalContext().alertNotDeterministic("iedvr::modulated_deform_conv2d_backward (CUDA)");
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(),
                    mask = mask_.contiguous();
   const at::Tensor grad_output =
@@ -242,9 +253,11 @@ Gradients backward_cuda(const at::Tensor& grad_output_, const at::Tensor& input_
                     g, input_b, offset_b, mask_b, p_begin, n, cols.data_ptr<scalar_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
             for (int64_t grp = 0; grp < groups; ++grp) {
+              // A chunk can hold a whole frame: sum it in float, not in float16.
+              const at::Tensor a = grad_out.narrow(0, grp * cout_g, cout_g);
+              const at::Tensor b = cols.narrow(0, grp * rows_g, rows_g).t();
               grad_weight.narrow(0, grp * cout_g, cout_g)
-                  .add_(at::mm(grad_out.narrow(0, grp * cout_g, cout_g),
-                               cols.narrow(0, grp * rows_g, rows_g).t()));
+                  .add_(input.scalar_type() == acc_type ? at::mm(a, b) : at::mm(a, b, acc_type));
             }
           }
         }

@@ -1,0 +1,131 @@
+// The inference engine: runs a vs-iedvr model file (TorchScript + metadata) with libtorch on the
+// CPU or a CUDA device. Loaded by the VapourSynth filter on first use, so that VapourSynth's
+// start-up never pays for libtorch.
+#include "engine.h"
+
+#include <dlfcn.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <regex>
+#include <string>
+
+namespace {
+
+void write_error(char* error, size_t size, const std::string& message) {
+  if (error == nullptr || size == 0) return;
+  std::strncpy(error, message.c_str(), size - 1);
+  error[size - 1] = '\0';
+}
+
+// The operator library sits next to this one (site-packages/vs_iedvr/). Loading that very file
+// matters: a second copy would register the iedvr operators twice and abort the process.
+void load_operator_library() {
+  Dl_info self{};
+  dladdr(reinterpret_cast<void*>(&load_operator_library), &self);
+  const auto path = std::filesystem::path(self.dli_fname).parent_path() / "libiedvr_ops.so";
+  if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    throw std::runtime_error("cannot load the operator library " + path.string() + ": " +
+                             dlerror());
+  }
+}
+
+// The metadata is small, flat where we read it, and written by our own exporter.
+int metadata_int(const std::string& json, const std::string& key) {
+  const std::regex pattern("\"" + key + "\"\\s*:\\s*(-?[0-9]+)");
+  std::smatch match;
+  if (!std::regex_search(json, match, pattern)) {
+    throw std::runtime_error("the model's metadata has no \"" + key + "\"");
+  }
+  return std::stoi(match[1]);
+}
+
+}  // namespace
+
+struct IedvrEngine {
+  torch::jit::Module module;
+  torch::Device device{torch::kCPU};
+  torch::ScalarType dtype = torch::kFloat;
+  IedvrModelInfo info{};
+  std::mutex mutex;  // one inference at a time per engine
+};
+
+extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
+                                            char* error, size_t error_size) {
+  try {
+    static std::once_flag operators_loaded;
+    std::call_once(operators_loaded, load_operator_library);
+    auto engine = std::make_unique<IedvrEngine>();
+    if (device == -2) {
+      engine->device = torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
+    } else if (device >= 0) {
+      if (!torch::cuda::is_available() || device >= static_cast<int>(torch::cuda::device_count())) {
+        write_error(error, error_size,
+                    "device_index " + std::to_string(device) + " is not available: this machine has " +
+                        std::to_string(torch::cuda::is_available() ? torch::cuda::device_count() : 0) +
+                        " CUDA device(s); use device_index=-1 for the CPU");
+        return nullptr;
+      }
+      engine->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device));
+    }
+    torch::jit::ExtraFilesMap extra{{"vs_iedvr.json", ""}};
+    engine->module = torch::jit::load(model_path, engine->device, extra);
+    const std::string& metadata = extra["vs_iedvr.json"];
+    if (metadata.empty() || metadata.find("\"vs-iedvr-model\"") == std::string::npos) {
+      write_error(error, error_size, std::string(model_path) +
+                                         " is not a vs-iedvr model file (no vs-iedvr metadata); "
+                                         "export one with `vs-iedvr export`");
+      return nullptr;
+    }
+    engine->info.scale = metadata_int(metadata, "scale");
+    engine->info.num_frames = metadata_int(metadata, "num_frames");
+    engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
+    engine->module.eval();
+    if (precision == 1 || (precision == -1 && engine->device.is_cuda())) {
+      engine->dtype = torch::kHalf;
+      engine->module.to(torch::kHalf);
+    }
+    return engine.release();
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    message = message.substr(0, message.find('\n'));
+    write_error(error, error_size,
+                std::string("cannot load the model ") + model_path + ": " + message);
+    return nullptr;
+  }
+}
+
+extern "C" void iedvr_engine_info(const IedvrEngine* engine, IedvrModelInfo* info) {
+  *info = engine->info;
+}
+
+extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, int half, int width,
+                                int height, void* output, char* error, size_t error_size) {
+  try {
+    const c10::InferenceMode inference;
+    const auto type = half ? torch::kHalf : torch::kFloat;
+    const int scale = engine->info.scale;
+    const auto input = torch::from_blob(const_cast<void*>(frames),
+                                        {1, engine->info.num_frames, 3, height, width},
+                                        torch::TensorOptions().dtype(type));
+    torch::Tensor result;
+    {
+      std::lock_guard<std::mutex> lock(engine->mutex);
+      result = engine->module.forward({input.to(engine->device, engine->dtype)}).toTensor();
+      result = result.to(torch::kCPU, type).contiguous();
+    }
+    TORCH_CHECK(result.numel() == 3LL * height * scale * width * scale,
+                "the model returned ", result.sizes(), " for a ", width, "x", height, " input");
+    std::memcpy(output, result.data_ptr(), result.nbytes());
+    return 0;
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    write_error(error, error_size, "inference failed: " + message.substr(0, message.find('\n')));
+    return -1;
+  }
+}
+
+extern "C" void iedvr_engine_destroy(IedvrEngine* engine) { delete engine; }

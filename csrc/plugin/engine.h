@@ -1,0 +1,36 @@
+// The C interface between the VapourSynth filter (vs_filter.cpp, loaded at every VapourSynth
+// start, no libtorch) and the inference engine (engine.cpp, libtorch, loaded on first use).
+#pragma once
+
+#include <stddef.h>
+
+extern "C" {
+
+typedef struct IedvrEngine IedvrEngine;
+
+typedef struct IedvrModelInfo {
+  int scale;       // output size = input size * scale
+  int num_frames;  // frames per window, centre frame in the middle
+  int on_cuda;     // 1 when the engine runs on a CUDA device
+} IedvrModelInfo;
+
+// device: -2 picks the first CUDA device if there is one, else the CPU; -1 the CPU; n >= 0 CUDA
+// device n. precision: 0 float32, 1 float16, -1 float16 on CUDA and float32 on the CPU. Returns
+// null and writes a message on failure.
+IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision, char* error,
+                                 size_t error_size);
+void iedvr_engine_info(const IedvrEngine* engine, IedvrModelInfo* info);
+
+// frames: num_frames * 3 planes of height x width, contiguous, float32 (half = 0) or IEEE
+// float16 (half = 1); output: 3 planes of (height * scale) x (width * scale) of the same type.
+// Thread-safe. Returns 0, or -1 with a message.
+int iedvr_engine_run(IedvrEngine* engine, const void* frames, int half, int width, int height,
+                     void* output, char* error, size_t error_size);
+
+void iedvr_engine_destroy(IedvrEngine* engine);
+
+typedef IedvrEngine* (*IedvrEngineCreate)(const char*, int, int, char*, size_t);
+typedef void (*IedvrEngineInfo)(const IedvrEngine*, IedvrModelInfo*);
+typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, int, int, int, void*, char*, size_t);
+typedef void (*IedvrEngineDestroy)(IedvrEngine*);
+}

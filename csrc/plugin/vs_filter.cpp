@@ -1,0 +1,280 @@
+// The VapourSynth side of vs-iedvr: the `iedvr` namespace and its Upscale filter. This library is
+// loaded at every VapourSynth start, so it does not link libtorch: the inference engine
+// (engine.cpp) is loaded with dlopen when Upscale is first called.
+//
+// For output frame n, Upscale requests the frames n - N .. n + N of its clip (N from the model),
+// fills neighbours beyond the clip's ends or beyond a scene change by reflection (or
+// replication), runs the engine and returns the upscaled frame with frame n's properties.
+#include <VSHelper4.h>
+#include <VapourSynth4.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+
+namespace {
+
+constexpr const char* kName = "Upscale";
+
+struct EngineLibrary {
+  IedvrEngineCreate create = nullptr;
+  IedvrEngineInfo info = nullptr;
+  IedvrEngineRun run = nullptr;
+  IedvrEngineDestroy destroy = nullptr;
+};
+
+std::filesystem::path this_library_folder() {
+  Dl_info self{};
+  dladdr(reinterpret_cast<void*>(&this_library_folder), &self);
+  return std::filesystem::path(self.dli_fname).parent_path();
+}
+
+// The installed layout: site-packages/vapoursynth/plugins/iedvr/ holds this library,
+// site-packages/vs_iedvr/ the engine, the operator library and the default model.
+std::filesystem::path package_folder() {
+  return this_library_folder() / ".." / ".." / ".." / "vs_iedvr";
+}
+
+// Loaded once per process and never unloaded (libtorch does not support unloading).
+const EngineLibrary* load_engine(std::string& error) {
+  static std::mutex mutex;
+  static EngineLibrary library;
+  static std::string load_error;
+  static bool tried = false;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!tried) {
+    tried = true;
+    const auto path = package_folder() / "libiedvr_engine.so";
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      load_error = std::string("cannot load the inference engine ") + path.string() + ": " +
+                   dlerror() + " (reinstall vs-iedvr)";
+    } else {
+      library.create = reinterpret_cast<IedvrEngineCreate>(dlsym(handle, "iedvr_engine_create"));
+      library.info = reinterpret_cast<IedvrEngineInfo>(dlsym(handle, "iedvr_engine_info"));
+      library.run = reinterpret_cast<IedvrEngineRun>(dlsym(handle, "iedvr_engine_run"));
+      library.destroy = reinterpret_cast<IedvrEngineDestroy>(dlsym(handle, "iedvr_engine_destroy"));
+      if (!library.create || !library.info || !library.run || !library.destroy) {
+        load_error = "the inference engine " + path.string() + " lacks its functions (reinstall vs-iedvr)";
+      }
+    }
+  }
+  error = load_error;
+  return load_error.empty() ? &library : nullptr;
+}
+
+enum class Border { reflect, replicate };
+
+struct UpscaleData {
+  VSNode* node = nullptr;
+  VSVideoInfo in_vi{};
+  VSVideoInfo out_vi{};
+  const EngineLibrary* library = nullptr;
+  IedvrEngine* engine = nullptr;
+  IedvrModelInfo model{};
+  Border border = Border::reflect;
+  bool scene_change = true;
+
+  ~UpscaleData() {
+    if (engine != nullptr) library->destroy(engine);
+  }
+};
+
+// Index `i` folded into [first, last] by reflection about the ends (or clamping to them).
+int fold(int i, int first, int last, Border border) {
+  if (first == last) return first;
+  if (border == Border::replicate) return std::clamp(i, first, last);
+  const int period = 2 * (last - first);
+  int offset = (i - first) % period;
+  if (offset < 0) offset += period;
+  return first + (offset <= last - first ? offset : period - offset);
+}
+
+bool has_property(const VSAPI* vsapi, const VSFrame* frame, const char* key) {
+  int error = 0;
+  const int64_t value = vsapi->mapGetInt(vsapi->getFramePropertiesRO(frame), key, 0, &error);
+  return error == 0 && value != 0;
+}
+
+void copy_plane_in(const VSAPI* vsapi, const VSFrame* frame, int plane, int bytes, uint8_t* dst,
+                   int width, int height) {
+  vsh::bitblt(dst, static_cast<ptrdiff_t>(width) * bytes, vsapi->getReadPtr(frame, plane),
+              vsapi->getStride(frame, plane), static_cast<size_t>(width) * bytes, height);
+}
+
+const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**,
+                                       VSFrameContext* context, VSCore* core, const VSAPI* vsapi) {
+  auto* d = static_cast<UpscaleData*>(instance);
+  const int radius = d->model.num_frames / 2, last = d->in_vi.numFrames - 1;
+  if (reason == arInitial) {
+    for (int k = -radius; k <= radius; ++k) {
+      vsapi->requestFrameFilter(fold(n + k, 0, last, d->border), d->node, context);
+    }
+    return nullptr;
+  }
+  if (reason != arAllFramesReady) return nullptr;
+
+  std::map<int, const VSFrame*> frames;
+  for (int k = -radius; k <= radius; ++k) {
+    const int index = fold(n + k, 0, last, d->border);
+    if (!frames.count(index)) frames[index] = vsapi->getFrameFilter(index, d->node, context);
+  }
+  // The shot that frame n belongs to, within the window: neighbours past a cut are treated as
+  // past the clip's end.
+  int shot_start = std::max(0, n - radius), shot_end = std::min(last, n + radius);
+  if (d->scene_change) {
+    for (int i = n; i > shot_start; --i) {
+      if (has_property(vsapi, frames[i], "_SceneChangePrev") ||
+          has_property(vsapi, frames[i - 1], "_SceneChangeNext")) {
+        shot_start = i;
+        break;
+      }
+    }
+    for (int i = n; i < shot_end; ++i) {
+      if (has_property(vsapi, frames[i], "_SceneChangeNext") ||
+          has_property(vsapi, frames[i + 1], "_SceneChangePrev")) {
+        shot_end = i;
+        break;
+      }
+    }
+  }
+  const bool half = d->in_vi.format.bitsPerSample == 16;
+  const int bytes = half ? 2 : 4, width = d->in_vi.width, height = d->in_vi.height;
+  const size_t plane_bytes = static_cast<size_t>(width) * height * bytes;
+  std::vector<uint8_t> window(plane_bytes * 3 * d->model.num_frames);
+  for (int k = -radius; k <= radius; ++k) {
+    // Folding into the shot applies the border rule at cuts and at the clip's ends alike.
+    const int index = fold(n + k, shot_start, shot_end, d->border);
+    for (int plane = 0; plane < 3; ++plane) {
+      copy_plane_in(vsapi, frames[index], plane, bytes,
+                    window.data() + ((k + radius) * 3 + plane) * plane_bytes, width, height);
+    }
+  }
+  const VSFrame* centre = frames[n];
+  const int out_width = d->out_vi.width, out_height = d->out_vi.height;
+  const size_t out_plane_bytes = static_cast<size_t>(out_width) * out_height * bytes;
+  std::vector<uint8_t> upscaled(out_plane_bytes * 3);
+  char error[1024] = {0};
+  const int status = d->library->run(d->engine, window.data(), half ? 1 : 0, width, height,
+                                     upscaled.data(), error, sizeof error);
+  if (status != 0) {
+    for (auto& entry : frames) vsapi->freeFrame(entry.second);
+    vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) + ": " + error).c_str(),
+                          context);
+    return nullptr;
+  }
+  VSFrame* out = vsapi->newVideoFrame(&d->out_vi.format, out_width, out_height, centre, core);
+  for (int plane = 0; plane < 3; ++plane) {
+    vsh::bitblt(vsapi->getWritePtr(out, plane), vsapi->getStride(out, plane),
+                upscaled.data() + plane * out_plane_bytes, static_cast<ptrdiff_t>(out_width) * bytes,
+                static_cast<size_t>(out_width) * bytes, out_height);
+  }
+  for (auto& entry : frames) vsapi->freeFrame(entry.second);
+  return out;
+}
+
+void VS_CC upscale_free(void* instance, VSCore*, const VSAPI* vsapi) {
+  auto* d = static_cast<UpscaleData*>(instance);
+  vsapi->freeNode(d->node);
+  delete d;
+}
+
+void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, const VSAPI* vsapi) {
+  auto d = std::make_unique<UpscaleData>();
+  const auto fail = [&](const std::string& message) {
+    vsapi->mapSetError(out, (std::string(kName) + ": " + message).c_str());
+    if (d->node != nullptr) vsapi->freeNode(d->node);
+    d->node = nullptr;
+  };
+  d->node = vsapi->mapGetNode(in, "clip", 0, nullptr);
+  d->in_vi = *vsapi->getVideoInfo(d->node);
+  const VSVideoFormat& format = d->in_vi.format;
+  if (!vsh::isConstantVideoFormat(&d->in_vi)) {
+    return fail("clip must have a constant format and size; convert it, e.g. with "
+                "core.resize.Bicubic(clip, width=..., height=..., format=vs.RGBS)");
+  }
+  if (format.colorFamily != cfRGB || format.sampleType != stFloat ||
+      (format.bitsPerSample != 32 && format.bitsPerSample != 16)) {
+    char name[32] = {0};
+    vsapi->getVideoFormatName(&format, name);
+    return fail(std::string("clip must be RGBS or RGBH (float RGB), got ") + name +
+                "; convert it first, e.g. core.resize.Bicubic(clip, format=vs.RGBS, "
+                "matrix_in_s=\"709\") for YUV, or use vs_iedvr.upscale(clip), which converts "
+                "any format");
+  }
+  int error = 0;
+  std::string model_path;
+  const char* model = vsapi->mapGetData(in, "model", 0, &error);
+  if (error) {
+    model_path = (package_folder() / "models" / "default.pt").string();
+    if (!std::filesystem::exists(model_path)) {
+      return fail("no default model is installed with this vs-iedvr; pass model=\"path/to/model.pt\" "
+                  "(export one with `vs-iedvr export`)");
+    }
+  } else {
+    model_path = model;
+    if (!std::filesystem::is_regular_file(model_path)) {
+      return fail("model file \"" + model_path + "\" does not exist");
+    }
+  }
+  const int device = static_cast<int>(vsapi->mapGetIntSaturated(in, "device_index", 0, &error));
+  const int device_index = error ? -2 : device;
+  if (!error && device < -1) return fail("device_index must be -1 (CPU) or a CUDA device index >= 0");
+  const int64_t fp16_arg = vsapi->mapGetInt(in, "fp16", 0, &error);
+  const bool fp16_given = !error;
+  const char* border = vsapi->mapGetData(in, "border", 0, &error);
+  if (!error) {
+    const std::string value = border;
+    if (value == "reflect") {
+      d->border = Border::reflect;
+    } else if (value == "replicate") {
+      d->border = Border::replicate;
+    } else {
+      return fail("border must be \"reflect\" or \"replicate\", got \"" + value + "\"");
+    }
+  }
+  const int64_t scene_change = vsapi->mapGetInt(in, "scene_change", 0, &error);
+  d->scene_change = error ? true : scene_change != 0;
+
+  std::string load_error;
+  d->library = load_engine(load_error);
+  if (d->library == nullptr) return fail(load_error);
+  // Without fp16=..., the engine picks: FP16 on CUDA, float32 on the CPU.
+  char message[1024] = {0};
+  const int precision = fp16_given ? (fp16_arg != 0 ? 1 : 0) : -1;
+  d->engine = d->library->create(model_path.c_str(), device_index, precision, message, sizeof message);
+  if (d->engine == nullptr) return fail(message);
+  d->library->info(d->engine, &d->model);
+
+  d->out_vi = d->in_vi;
+  d->out_vi.width *= d->model.scale;
+  d->out_vi.height *= d->model.scale;
+  VSFilterDependency dependencies[] = {{d->node, rpGeneral}};
+  UpscaleData* data = d.release();  // before the call: argument evaluation order is unspecified
+  vsapi->createVideoFilter(out, kName, &data->out_vi, upscale_get_frame, upscale_free, fmParallel,
+                           dependencies, 1, data, core);
+  if (vsapi->mapGetError(out) != nullptr) {  // the core does not call upscale_free then
+    vsapi->freeNode(data->node);
+    delete data;
+  }
+}
+
+}  // namespace
+
+VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin* plugin, const VSPLUGINAPI* vspapi) {
+  vspapi->configPlugin("com.vs-iedvr.iedvr", "iedvr",
+                       "Temporal video super-resolution with an improved EDVR",
+                       VS_MAKE_VERSION(0, 1), VAPOURSYNTH_API_VERSION, 0, plugin);
+  vspapi->registerFunction(kName,
+                           "clip:vnode;model:data:opt;device_index:int:opt;fp16:int:opt;"
+                           "border:data:opt;scene_change:int:opt;",
+                           "clip:vnode;", upscale_create, nullptr, plugin);
+}

@@ -1,0 +1,202 @@
+"""core.iedvr.Upscale, the native VapourSynth filter, against the eager network on the same
+frames; border and scene-change handling; threads and request order; errors; vspipe; and that
+VapourSynth's start-up does not load libtorch."""
+
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import vapoursynth as vs
+
+from vs_iedvr import model_file
+from vs_iedvr.network import IEDVR, NetworkConfig
+
+core = vs.core
+SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
+                      num_enhance_block=1, num_reconstruct_block=2)
+LENGTH, HEIGHT, WIDTH = 7, 10, 13
+
+
+@pytest.fixture(scope="module")
+def network_and_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = IEDVR(SMALL).eval()
+    path = tmp_path_factory.mktemp("plugin") / "small.pt"
+    model_file.export_model(net, path, "small")
+    return net, str(path)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return torch.rand(LENGTH, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
+
+
+def clip_of(frames: torch.Tensor, format=vs.RGBS, props=None):
+    """A clip whose frame n holds frames[n], with optional per-frame properties."""
+    blank = core.std.BlankClip(format=format, width=frames.shape[-1], height=frames.shape[-2],
+                               length=frames.shape[0])
+    dtype = np.float16 if format == vs.RGBH else np.float32
+
+    def fill(n, f):
+        out = f.copy()
+        for plane in range(3):
+            np.asarray(out[plane])[:] = frames[n, plane].numpy().astype(dtype)
+        for key, value in (props or {}).get(n, {}).items():
+            out.props[key] = value
+        return out
+
+    return core.std.ModifyFrame(blank, blank, fill)
+
+
+def planes(frame) -> np.ndarray:
+    return np.stack([np.asarray(frame[p]) for p in range(3)]).astype(np.float32)
+
+
+def expected(net, frames, indexes):
+    with torch.no_grad():
+        return model_file.PaddedNetwork(net)(frames[indexes][None])[0].numpy()
+
+
+def reflect(i, first, last):
+    return first + abs(i - first) if i < first else (2 * last - i if i > last else i)
+
+
+@pytest.mark.parametrize("n", [0, 1, LENGTH // 2, LENGTH - 2, LENGTH - 1])
+def test_frames_equal_the_eager_network(network_and_model, frames, n):
+    net, path = network_and_model
+    out = core.iedvr.Upscale(clip_of(frames), model=path)
+    assert (out.width, out.height, out.num_frames) == (4 * WIDTH, 4 * HEIGHT, LENGTH)
+    window = [reflect(n + k, 0, LENGTH - 1) for k in range(-2, 3)]
+    np.testing.assert_allclose(planes(out.get_frame(n)), expected(net, frames, window), atol=1e-5)
+
+
+def test_replicate_border(network_and_model, frames):
+    net, path = network_and_model
+    out = core.iedvr.Upscale(clip_of(frames), model=path, border="replicate")
+    np.testing.assert_allclose(planes(out.get_frame(0)), expected(net, frames, [0, 0, 0, 1, 2]),
+                               atol=1e-5)
+
+
+def test_scene_change_splits_the_window(network_and_model, frames):
+    net, path = network_and_model
+    # A cut between frames 3 and 4, marked on both sides as scene detectors do.
+    props = {3: {"_SceneChangeNext": 1}, 4: {"_SceneChangePrev": 1}}
+    clip = clip_of(frames, props=props)
+    out = core.iedvr.Upscale(clip, model=path)
+    np.testing.assert_allclose(planes(out.get_frame(3)), expected(net, frames, [1, 2, 3, 2, 1]),
+                               atol=1e-5)
+    np.testing.assert_allclose(planes(out.get_frame(4)), expected(net, frames, [6, 5, 4, 5, 6]),
+                               atol=1e-5)
+    ignoring = core.iedvr.Upscale(clip, model=path, scene_change=0)
+    np.testing.assert_allclose(planes(ignoring.get_frame(3)), expected(net, frames, [1, 2, 3, 4, 5]),
+                               atol=1e-5)
+
+
+def test_frame_properties_of_the_centre_frame_are_kept(network_and_model, frames):
+    _, path = network_and_model
+    out = core.iedvr.Upscale(clip_of(frames, props={2: {"Marker": 42}}), model=path)
+    assert out.get_frame(2).props["Marker"] == 42
+    assert "Marker" not in out.get_frame(3).props
+
+
+def test_rgbh_clip(network_and_model, frames):
+    net, path = network_and_model
+    out = core.iedvr.Upscale(clip_of(frames, format=vs.RGBH), model=path)
+    assert out.format.id == vs.RGBH
+    halves = frames.half().float()
+    np.testing.assert_allclose(planes(out.get_frame(2)), expected(net, halves, [0, 1, 2, 3, 4]),
+                               atol=5e-3)
+
+
+def test_request_order_and_threads_do_not_change_frames(network_and_model, frames):
+    _, path = network_and_model
+    out = core.iedvr.Upscale(clip_of(frames), model=path)
+    in_order = [planes(out.get_frame(n)) for n in range(LENGTH)]
+    shuffled = list(range(LENGTH)) * 2
+    random.Random(0).shuffle(shuffled)
+    again = core.iedvr.Upscale(clip_of(frames), model=path)
+    requests = [(n, again.get_frame_async(n)) for n in shuffled]
+    for n, future in requests:
+        np.testing.assert_array_equal(planes(future.result()), in_order[n])
+
+
+BAD_CALLS = [
+    ("yuv", lambda clip, model: core.iedvr.Upscale(core.std.BlankClip(format=vs.YUV420P8), model=model),
+     "must be RGBS or RGBH.*core.resize"),
+    ("integer_rgb", lambda clip, model: core.iedvr.Upscale(core.std.BlankClip(format=vs.RGB24), model=model),
+     "must be RGBS or RGBH"),
+    ("variable_size", lambda clip, model: core.iedvr.Upscale(
+        core.std.Splice([core.std.BlankClip(format=vs.RGBS, width=8, height=8),
+                         core.std.BlankClip(format=vs.RGBS, width=16, height=8)], mismatch=True),
+        model=model), "constant format and size"),
+    ("missing_model", lambda clip, model: core.iedvr.Upscale(clip, model="/nonexistent/model.pt"),
+     "does not exist"),
+    ("bad_border", lambda clip, model: core.iedvr.Upscale(clip, model=model, border="wrap"),
+     "border must be"),
+    ("bad_device", lambda clip, model: core.iedvr.Upscale(clip, model=model, device_index=-5),
+     "device_index must be"),
+    ("absent_gpu", lambda clip, model: core.iedvr.Upscale(clip, model=model, device_index=7),
+     "device_index 7 is not available"),
+]
+
+
+@pytest.mark.parametrize("name, call, message", BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
+def test_errors_are_vapoursynth_errors(network_and_model, frames, name, call, message):
+    _, path = network_and_model
+    clip = clip_of(frames)
+    with pytest.raises(vs.Error, match=message):
+        call(clip, path)
+    # The process keeps working.
+    assert core.iedvr.Upscale(clip, model=path).get_frame(0).width == 4 * WIDTH
+
+
+def test_foreign_and_broken_model_files(network_and_model, frames, tmp_path):
+    clip = clip_of(frames)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(vs.Error, match="cannot load the model"):
+        core.iedvr.Upscale(clip, model=str(broken))
+    foreign = tmp_path / "foreign.pt"
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(foreign))
+    with pytest.raises(vs.Error, match="not a vs-iedvr model file"):
+        core.iedvr.Upscale(clip, model=str(foreign))
+
+
+def test_vapoursynth_start_up_does_not_load_libtorch():
+    script = textwrap.dedent("""
+        import vapoursynth as vs
+        assert hasattr(vs.core, "iedvr")
+        maps = open("/proc/self/maps").read()
+        print("libtorch" in maps)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_vspipe_writes_y4m_and_nothing_else(network_and_model, tmp_path):
+    _, path = network_and_model
+    script = tmp_path / "upscale.vpy"
+    script.write_text(textwrap.dedent(f"""
+        import vapoursynth as vs
+        core = vs.core
+        clip = core.std.BlankClip(format=vs.RGBS, width=12, height=8, length=3, color=[0.2, 0.5, 0.7])
+        clip = core.iedvr.Upscale(clip, model={path!r})
+        clip = core.resize.Bicubic(clip, format=vs.YUV444P8, matrix_s="709")
+        clip.set_output()
+    """))
+    vspipe = str(Path(sys.executable).with_name("vspipe"))
+    result = subprocess.run([vspipe, "-c", "y4m", str(script), "-"], capture_output=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    header, _, rest = result.stdout.partition(b"\n")
+    assert header.startswith(b"YUV4MPEG2 ") and b" W48 H32 " in header and b" C444" in header
+    frame_size = len(b"FRAME\n") + 3 * 48 * 32
+    assert len(rest) == 3 * frame_size
+    assert rest.count(b"FRAME\n") >= 3
