@@ -200,3 +200,43 @@ def test_vspipe_writes_y4m_and_nothing_else(network_and_model, tmp_path):
     frame_size = len(b"FRAME\n") + 3 * 48 * 32
     assert len(rest) == 3 * frame_size
     assert rest.count(b"FRAME\n") >= 3
+
+
+@pytest.mark.parametrize("format", [vs.YUV420P8, vs.YUV420P10, vs.RGB24])
+def test_python_upscale_round_trips_common_formats(network_and_model, frames, format):
+    import vs_iedvr
+
+    _, path = network_and_model
+    rgb = clip_of(frames[:, :, :8, :12])
+    if format == vs.RGB24:
+        source = core.resize.Bicubic(rgb, format=format)
+        manual = core.resize.Bicubic(core.iedvr.Upscale(core.resize.Bicubic(source, format=vs.RGBS),
+                                                        model=path), format=format)
+    else:
+        source = core.resize.Bicubic(rgb, format=format, matrix_s="709")
+        manual = core.resize.Bicubic(
+            core.iedvr.Upscale(core.resize.Bicubic(source, format=vs.RGBS), model=path),
+            format=format, matrix_s="709")
+    out = vs_iedvr.upscale(source, model=path)
+    assert out.format.id == format and (out.width, out.height) == (48, 32)
+    for n in (0, 3):
+        got, want = out.get_frame(n), manual.get_frame(n)
+        for plane in range(out.format.num_planes):
+            np.testing.assert_array_equal(np.asarray(got[plane]), np.asarray(want[plane]))
+
+
+def test_python_upscale_matrix_from_props_then_argument(network_and_model, frames):
+    import vs_iedvr
+
+    _, path = network_and_model
+    rgb = clip_of(frames[:, :, :8, :12])
+    tagged = core.resize.Bicubic(rgb, format=vs.YUV444P16, matrix_s="709")  # sets _Matrix=1
+    untagged = core.std.RemoveFrameProps(tagged, "_Matrix")
+    from_props = vs_iedvr.upscale(tagged, model=path).get_frame(1)
+    from_argument = vs_iedvr.upscale(untagged, model=path, matrix="709").get_frame(1)
+    guessed = vs_iedvr.upscale(untagged, model=path).get_frame(1)  # small frames: BT.601
+    for plane in range(3):
+        np.testing.assert_array_equal(np.asarray(from_props[plane]), np.asarray(from_argument[plane]))
+    assert not np.array_equal(np.asarray(from_props[1]), np.asarray(guessed[1]))
+    with pytest.raises(vs.Error, match="YUV or RGB"):
+        vs_iedvr.upscale(core.std.BlankClip(format=vs.GRAY8), model=path)
