@@ -119,10 +119,11 @@ def test_request_order_and_threads_do_not_change_frames(network_and_model, frame
     in_order = [planes(out.get_frame(n)) for n in range(LENGTH)]
     shuffled = list(range(LENGTH)) * 2
     random.Random(0).shuffle(shuffled)
-    again = core.iedvr.Upscale(clip_of(frames), model=path)
-    requests = [(n, again.get_frame_async(n)) for n in shuffled]
-    for n, future in requests:
-        np.testing.assert_array_equal(planes(future.result()), in_order[n])
+    for num_streams in (1, 3):
+        again = core.iedvr.Upscale(clip_of(frames), model=path, num_streams=num_streams)
+        requests = [(n, again.get_frame_async(n)) for n in shuffled]
+        for n, future in requests:
+            np.testing.assert_array_equal(planes(future.result()), in_order[n])
 
 
 BAD_CALLS = [
@@ -138,6 +139,8 @@ BAD_CALLS = [
      "does not exist"),
     ("bad_border", lambda clip, model: core.iedvr.Upscale(clip, model=model, border="wrap"),
      "border must be"),
+    ("bad_streams", lambda clip, model: core.iedvr.Upscale(clip, model=model, num_streams=0),
+     "num_streams must be between 1 and 64"),
     ("bad_device", lambda clip, model: core.iedvr.Upscale(clip, model=model, device_index=-5),
      "device_index must be"),
     ("absent_gpu", lambda clip, model: core.iedvr.Upscale(clip, model=model, device_index=7),

@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -73,19 +74,53 @@ const EngineLibrary* load_engine(std::string& error) {
 
 enum class Border { reflect, replicate };
 
+// num_streams engines, each with its own copy of the model (and on CUDA its own stream), handed
+// out to VapourSynth's threads one at a time.
+class EnginePool {
+ public:
+  explicit EnginePool(const EngineLibrary* library) : library_(library) {}
+  ~EnginePool() {
+    for (IedvrEngine* engine : engines_) library_->destroy(engine);
+  }
+  void add(IedvrEngine* engine) {
+    engines_.push_back(engine);
+    idle_.push_back(engine);
+  }
+  IedvrEngine* any() const { return engines_.front(); }
+
+  int run(const void* frames, int half, int width, int height, void* output, char* error,
+          size_t error_size) {
+    IedvrEngine* engine = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      available_.wait(lock, [&] { return !idle_.empty(); });
+      engine = idle_.back();
+      idle_.pop_back();
+    }
+    const int status = library_->run(engine, frames, half, width, height, output, error, error_size);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      idle_.push_back(engine);
+    }
+    available_.notify_one();
+    return status;
+  }
+
+ private:
+  const EngineLibrary* library_;
+  std::vector<IedvrEngine*> engines_, idle_;
+  std::mutex mutex_;
+  std::condition_variable available_;
+};
+
 struct UpscaleData {
   VSNode* node = nullptr;
   VSVideoInfo in_vi{};
   VSVideoInfo out_vi{};
-  const EngineLibrary* library = nullptr;
-  IedvrEngine* engine = nullptr;
+  std::unique_ptr<EnginePool> engines;
   IedvrModelInfo model{};
   Border border = Border::reflect;
   bool scene_change = true;
-
-  ~UpscaleData() {
-    if (engine != nullptr) library->destroy(engine);
-  }
 };
 
 // Index `i` folded into [first, last] by reflection about the ends (or clamping to them).
@@ -163,8 +198,8 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   const size_t out_plane_bytes = static_cast<size_t>(out_width) * out_height * bytes;
   std::vector<uint8_t> upscaled(out_plane_bytes * 3);
   char error[1024] = {0};
-  const int status = d->library->run(d->engine, window.data(), half ? 1 : 0, width, height,
-                                     upscaled.data(), error, sizeof error);
+  const int status = d->engines->run(window.data(), half ? 1 : 0, width, height, upscaled.data(),
+                                     error, sizeof error);
   if (status != 0) {
     for (auto& entry : frames) vsapi->freeFrame(entry.second);
     vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) + ": " + error).c_str(),
@@ -244,15 +279,26 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
   const int64_t scene_change = vsapi->mapGetInt(in, "scene_change", 0, &error);
   d->scene_change = error ? true : scene_change != 0;
 
+  const int64_t num_streams = vsapi->mapGetInt(in, "num_streams", 0, &error);
+  const int streams = error ? 1 : static_cast<int>(std::clamp<int64_t>(num_streams, -1, 65));
+  if (streams < 1 || streams > 64) {
+    return fail("num_streams must be between 1 and 64, got " + std::to_string(num_streams));
+  }
+
   std::string load_error;
-  d->library = load_engine(load_error);
-  if (d->library == nullptr) return fail(load_error);
+  const EngineLibrary* library = load_engine(load_error);
+  if (library == nullptr) return fail(load_error);
+  d->engines = std::make_unique<EnginePool>(library);
   // Without fp16=..., the engine picks: FP16 on CUDA, float32 on the CPU.
-  char message[1024] = {0};
   const int precision = fp16_given ? (fp16_arg != 0 ? 1 : 0) : -1;
-  d->engine = d->library->create(model_path.c_str(), device_index, precision, message, sizeof message);
-  if (d->engine == nullptr) return fail(message);
-  d->library->info(d->engine, &d->model);
+  for (int i = 0; i < streams; ++i) {
+    char message[1024] = {0};
+    IedvrEngine* engine =
+        library->create(model_path.c_str(), device_index, precision, message, sizeof message);
+    if (engine == nullptr) return fail(message);
+    d->engines->add(engine);
+  }
+  library->info(d->engines->any(), &d->model);
 
   d->out_vi = d->in_vi;
   d->out_vi.width *= d->model.scale;
@@ -275,6 +321,6 @@ VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin* plugin, const VSPLUGINAPI
                        VS_MAKE_VERSION(0, 1), VAPOURSYNTH_API_VERSION, 0, plugin);
   vspapi->registerFunction(kName,
                            "clip:vnode;model:data:opt;device_index:int:opt;fp16:int:opt;"
-                           "border:data:opt;scene_change:int:opt;",
+                           "num_streams:int:opt;border:data:opt;scene_change:int:opt;",
                            "clip:vnode;", upscale_create, nullptr, plugin);
 }
