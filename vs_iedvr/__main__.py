@@ -10,6 +10,7 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,10 @@ def info(args) -> int:
     else:
         print("CUDA devices: none")
     print(f"CPU: {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    plugin = Path(__file__).parent.parent / "vapoursynth" / "plugins" / "iedvr" / "libiedvr_vs.so"
+    print(f"VapourSynth plugin: {plugin if plugin.exists() else 'not installed'}")
+    default_model = Path(__file__).parent / "models" / "default.pt"
+    print(f"default model: {default_model if default_model.exists() else 'none installed yet (pass model=...)'}")
     return 0
 
 
