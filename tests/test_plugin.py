@@ -243,3 +243,37 @@ def test_python_upscale_matrix_from_props_then_argument(network_and_model, frame
     assert not np.array_equal(np.asarray(from_props[1]), np.asarray(guessed[1]))
     with pytest.raises(vs.Error, match="YUV or RGB"):
         vs_iedvr.upscale(core.std.BlankClip(format=vs.GRAY8), model=path)
+
+
+def smooth_frames(length=5, height=40, width=56):
+    y, x = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
+    return torch.stack([torch.stack([0.5 + 0.3 * torch.sin(x / 4 + t), 0.5 + 0.3 * torch.cos(y / 5 - t),
+                                     0.5 + 0.2 * torch.sin((x + y) / 6)]) for t in range(length)])
+
+
+@pytest.mark.parametrize("tilesize, overlap", [([24, 16], [6, 4]), ([16], [4]), ([32, 24], [8, 8])])
+def test_tiles_match_the_whole_frame_without_seams(network_and_model, tilesize, overlap):
+    _, path = network_and_model
+    clip = clip_of(smooth_frames())
+    whole = planes(core.iedvr.Upscale(clip, model=path).get_frame(2))
+    tiled = planes(core.iedvr.Upscale(clip, model=path, tilesize=tilesize, overlap=overlap).get_frame(2))
+    difference = tiled - whole
+    # The network sees less context at tile borders (and per-tile channel statistics), so tiles
+    # differ slightly from the whole frame; the cross-fade keeps that difference smooth: a seam
+    # would be a step between neighbouring pixels. 0.005 is about one 8-bit level, on frames whose
+    # values span 0.2 to 0.8.
+    assert np.abs(difference).max() < 0.01
+    assert np.abs(np.diff(difference, axis=2)).max() < 0.005
+    assert np.abs(np.diff(difference, axis=1)).max() < 0.005
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"tilesize": [4]}, "tilesize must be at least 8"),
+    ({"tilesize": [16, 16, 16]}, "tilesize must have 1 or 2 values"),
+    ({"tilesize": [16], "overlap": [8]}, "overlap must be at least 0 and less than half"),
+    ({"overlap": [4]}, "overlap needs tilesize"),
+])
+def test_impossible_tiles_are_refused(network_and_model, frames, arguments, message):
+    _, path = network_and_model
+    with pytest.raises(vs.Error, match=message):
+        core.iedvr.Upscale(clip_of(frames), model=path, **arguments)

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <regex>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -102,8 +103,69 @@ extern "C" void iedvr_engine_info(const IedvrEngine* engine, IedvrModelInfo* inf
   *info = engine->info;
 }
 
+namespace {
+
+// Tile origins along one axis: tiles of `tile` pixels, `overlap` shared with the next one, the
+// last aligned with the end.
+std::vector<int64_t> tile_origins(int64_t length, int64_t tile, int64_t overlap) {
+  std::vector<int64_t> origins;
+  if (tile >= length) return {0};
+  for (int64_t origin = 0;; origin += tile - overlap) {
+    if (origin + tile >= length) {
+      origins.push_back(length - tile);
+      return origins;
+    }
+    origins.push_back(origin);
+  }
+}
+
+// Blending weight along one axis of an output tile: ramps up over the overlap it shares with a
+// previous tile and down over the one it shares with the next, so that overlapping tiles
+// cross-fade instead of meeting at a seam.
+torch::Tensor ramp(int64_t length, int64_t fade_in, int64_t fade_out) {
+  auto position = torch::arange(length, torch::kFloat) + 0.5;
+  auto weight = torch::ones({length});
+  if (fade_in > 0) weight = torch::minimum(weight, position / fade_in);
+  if (fade_out > 0) weight = torch::minimum(weight, (length - position) / fade_out);
+  return weight;
+}
+
+torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const IedvrTiling& tiling) {
+  const int64_t height = input.size(3), width = input.size(4), scale = engine->info.scale;
+  const int64_t tile_h = std::min<int64_t>(tiling.tile_height, height);
+  const int64_t tile_w = std::min<int64_t>(tiling.tile_width, width);
+  const auto ys = tile_origins(height, tile_h, tiling.overlap_y);
+  const auto xs = tile_origins(width, tile_w, tiling.overlap_x);
+  auto sum = torch::zeros({1, 3, height * scale, width * scale}, input.options().dtype(torch::kFloat));
+  auto weights = torch::zeros({1, 1, height * scale, width * scale}, sum.options());
+  for (size_t i = 0; i < ys.size(); ++i) {
+    for (size_t j = 0; j < xs.size(); ++j) {
+      const int64_t y = ys[i], x = xs[j];
+      const auto tile = input.slice(3, y, y + tile_h).slice(4, x, x + tile_w);
+      const auto upscaled = engine->module.forward({tile}).toTensor().to(torch::kFloat);
+      // Fade only where a neighbouring tile overlaps, by the overlap actually shared.
+      const int64_t top = i > 0 ? (ys[i - 1] + tile_h - y) * scale : 0;
+      const int64_t bottom = i + 1 < ys.size() ? (y + tile_h - ys[i + 1]) * scale : 0;
+      const int64_t left = j > 0 ? (xs[j - 1] + tile_w - x) * scale : 0;
+      const int64_t right = j + 1 < xs.size() ? (x + tile_w - xs[j + 1]) * scale : 0;
+      const auto weight = (ramp(tile_h * scale, top, bottom).unsqueeze(1) *
+                           ramp(tile_w * scale, left, right).unsqueeze(0))
+                              .to(sum.device())
+                              .view({1, 1, tile_h * scale, tile_w * scale});
+      sum.slice(2, y * scale, (y + tile_h) * scale).slice(3, x * scale, (x + tile_w) * scale) +=
+          upscaled * weight;
+      weights.slice(2, y * scale, (y + tile_h) * scale).slice(3, x * scale, (x + tile_w) * scale) +=
+          weight;
+    }
+  }
+  return sum / weights;
+}
+
+}  // namespace
+
 extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, int half, int width,
-                                int height, void* output, char* error, size_t error_size) {
+                                int height, const IedvrTiling* tiling, void* output, char* error,
+                                size_t error_size) {
   try {
     const c10::InferenceMode inference;
     const auto type = half ? torch::kHalf : torch::kFloat;
@@ -111,10 +173,14 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, int hal
     const auto input = torch::from_blob(const_cast<void*>(frames),
                                         {1, engine->info.num_frames, 3, height, width},
                                         torch::TensorOptions().dtype(type));
+    const bool tiled = tiling != nullptr && tiling->tile_width > 0 &&
+                       (tiling->tile_width < width || tiling->tile_height < height);
     torch::Tensor result;
     {
       std::lock_guard<std::mutex> lock(engine->mutex);
-      result = engine->module.forward({input.to(engine->device, engine->dtype)}).toTensor();
+      const auto on_device = input.to(engine->device, engine->dtype);
+      result = tiled ? run_tiled(engine, on_device, *tiling)
+                     : engine->module.forward({on_device}).toTensor();
       result = result.to(torch::kCPU, type).contiguous();
     }
     TORCH_CHECK(result.numel() == 3LL * height * scale * width * scale,

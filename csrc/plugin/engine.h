@@ -23,14 +23,20 @@ void iedvr_engine_info(const IedvrEngine* engine, IedvrModelInfo* info);
 
 // frames: num_frames * 3 planes of height x width, contiguous, float32 (half = 0) or IEEE
 // float16 (half = 1); output: 3 planes of (height * scale) x (width * scale) of the same type.
-// Thread-safe. Returns 0, or -1 with a message.
+// tile: the frame is processed in tiles of tile_width x tile_height input pixels overlapping by
+// overlap_x / overlap_y, cross-faded in the overlaps (0 = whole frame). Thread-safe. Returns 0,
+// or -1 with a message.
+typedef struct IedvrTiling {
+  int tile_width, tile_height, overlap_x, overlap_y;
+} IedvrTiling;
 int iedvr_engine_run(IedvrEngine* engine, const void* frames, int half, int width, int height,
-                     void* output, char* error, size_t error_size);
+                     const IedvrTiling* tiling, void* output, char* error, size_t error_size);
 
 void iedvr_engine_destroy(IedvrEngine* engine);
 
 typedef IedvrEngine* (*IedvrEngineCreate)(const char*, int, int, char*, size_t);
 typedef void (*IedvrEngineInfo)(const IedvrEngine*, IedvrModelInfo*);
-typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, int, int, int, void*, char*, size_t);
+typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, int, int, int, const IedvrTiling*, void*,
+                              char*, size_t);
 typedef void (*IedvrEngineDestroy)(IedvrEngine*);
 }

@@ -88,8 +88,8 @@ class EnginePool {
   }
   IedvrEngine* any() const { return engines_.front(); }
 
-  int run(const void* frames, int half, int width, int height, void* output, char* error,
-          size_t error_size) {
+  int run(const void* frames, int half, int width, int height, const IedvrTiling* tiling,
+          void* output, char* error, size_t error_size) {
     IedvrEngine* engine = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -97,7 +97,8 @@ class EnginePool {
       engine = idle_.back();
       idle_.pop_back();
     }
-    const int status = library_->run(engine, frames, half, width, height, output, error, error_size);
+    const int status =
+        library_->run(engine, frames, half, width, height, tiling, output, error, error_size);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       idle_.push_back(engine);
@@ -119,6 +120,7 @@ struct UpscaleData {
   VSVideoInfo out_vi{};
   std::unique_ptr<EnginePool> engines;
   IedvrModelInfo model{};
+  IedvrTiling tiling{};  // zeros: whole frames
   Border border = Border::reflect;
   bool scene_change = true;
 };
@@ -198,8 +200,8 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   const size_t out_plane_bytes = static_cast<size_t>(out_width) * out_height * bytes;
   std::vector<uint8_t> upscaled(out_plane_bytes * 3);
   char error[1024] = {0};
-  const int status = d->engines->run(window.data(), half ? 1 : 0, width, height, upscaled.data(),
-                                     error, sizeof error);
+  const int status = d->engines->run(window.data(), half ? 1 : 0, width, height, &d->tiling,
+                                     upscaled.data(), error, sizeof error);
   if (status != 0) {
     for (auto& entry : frames) vsapi->freeFrame(entry.second);
     vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) + ": " + error).c_str(),
@@ -279,6 +281,34 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
   const int64_t scene_change = vsapi->mapGetInt(in, "scene_change", 0, &error);
   d->scene_change = error ? true : scene_change != 0;
 
+  // tilesize / overlap: one value for both axes or [width, height], as vs-mlrt.
+  const int tile_values = vsapi->mapNumElements(in, "tilesize");
+  if (tile_values > 2) return fail("tilesize must have 1 or 2 values (width, height)");
+  if (tile_values > 0) {
+    d->tiling.tile_width = vsapi->mapGetIntSaturated(in, "tilesize", 0, nullptr);
+    d->tiling.tile_height = vsapi->mapGetIntSaturated(in, "tilesize", tile_values - 1, nullptr);
+    const int overlap_values = vsapi->mapNumElements(in, "overlap");
+    if (overlap_values > 2) return fail("overlap must have 1 or 2 values (x, y)");
+    d->tiling.overlap_x = overlap_values > 0 ? vsapi->mapGetIntSaturated(in, "overlap", 0, nullptr) : 8;
+    d->tiling.overlap_y = overlap_values > 0
+                              ? vsapi->mapGetIntSaturated(in, "overlap", overlap_values - 1, nullptr)
+                              : 8;
+    if (d->tiling.tile_width < 8 || d->tiling.tile_height < 8) {
+      return fail("tilesize must be at least 8 input pixels, got " +
+                  std::to_string(d->tiling.tile_width) + "x" + std::to_string(d->tiling.tile_height));
+    }
+    if (d->tiling.overlap_x < 0 || d->tiling.overlap_y < 0 ||
+        2 * d->tiling.overlap_x >= d->tiling.tile_width ||
+        2 * d->tiling.overlap_y >= d->tiling.tile_height) {
+      return fail("overlap must be at least 0 and less than half the tile size, got " +
+                  std::to_string(d->tiling.overlap_x) + "x" + std::to_string(d->tiling.overlap_y) +
+                  " for tiles of " + std::to_string(d->tiling.tile_width) + "x" +
+                  std::to_string(d->tiling.tile_height));
+    }
+  } else if (vsapi->mapNumElements(in, "overlap") > 0) {
+    return fail("overlap needs tilesize");
+  }
+
   const int64_t num_streams = vsapi->mapGetInt(in, "num_streams", 0, &error);
   const int streams = error ? 1 : static_cast<int>(std::clamp<int64_t>(num_streams, -1, 65));
   if (streams < 1 || streams > 64) {
@@ -321,6 +351,7 @@ VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin* plugin, const VSPLUGINAPI
                        VS_MAKE_VERSION(0, 1), VAPOURSYNTH_API_VERSION, 0, plugin);
   vspapi->registerFunction(kName,
                            "clip:vnode;model:data:opt;device_index:int:opt;fp16:int:opt;"
-                           "num_streams:int:opt;border:data:opt;scene_change:int:opt;",
+                           "num_streams:int:opt;tilesize:int[]:opt;overlap:int[]:opt;"
+                           "border:data:opt;scene_change:int:opt;",
                            "clip:vnode;", upscale_create, nullptr, plugin);
 }
