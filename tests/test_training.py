@@ -165,6 +165,13 @@ def test_short_training_lowers_the_loss_and_exports(dataset_root, tmp_path):
     assert metadata["weights"]["training"]["iterations"] == 40
     with torch.no_grad():
         assert trained(torch.rand(1, 5, 3, 9, 11)).shape == (1, 3, 36, 44)
+    # ... and the VapourSynth filter runs it.
+    import vapoursynth as vs
+
+    clip = vs.core.std.BlankClip(format=vs.RGBS, width=11, height=9, length=3, color=[0.3, 0.5, 0.7])
+    upscaled = vs.core.iedvr.Upscale(clip, model=str(path))
+    assert (upscaled.width, upscaled.height) == (44, 36)
+    assert np.isfinite(np.asarray(upscaled.get_frame(1)[0])).all()
 
 
 def test_resume_reproduces_the_next_step(dataset_root, tmp_path):
