@@ -107,31 +107,41 @@ def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list
 def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
                      generator: torch.Generator) -> torch.Tensor:
     """A clip of num_frames [3, size, size] views of a float image [3, H, W] along a smooth random
-    camera path (translation, rotation, zoom) with a mild smooth local deformation."""
-    _, height, width = image.shape
+    camera path (translation, rotation, zoom) with a mild smooth local deformation.
+
+    The views keep the photograph's sharpness: a random region is cut out and, when the camera
+    zooms out (up to 1.6 source pixels per output pixel), reduced with an antialiasing filter
+    before the motion resamples it, so that the high-resolution targets carry no aliasing."""
     uniform = lambda low, high: low + (high - low) * torch.rand((), generator=generator).item()
-    # Motion per frame, in output pixels and radians; the path is linear plus a gentle curve.
+    _, height, width = image.shape
+    margin = 1.6  # room for the motion around the view
+    zoom_out = min(uniform(1.0, 1.6), min(height, width) / (size * margin))
+    region = min(math.ceil(size * zoom_out * margin), height, width)
+    top = int(torch.randint(height - region + 1, (), generator=generator))
+    left = int(torch.randint(width - region + 1, (), generator=generator))
+    image = image[:, top : top + region, left : left + region]
+    if zoom_out > 1:
+        image = F.interpolate(image[None], scale_factor=1 / zoom_out, mode="bicubic",
+                              antialias=True, align_corners=False)[0]
+    height, width = image.shape[-2:]
+
+    # Motion per frame in output pixels and radians: linear plus a gentle curve.
     velocity = torch.tensor([uniform(-3, 3), uniform(-3, 3)])
     acceleration = torch.tensor([uniform(-0.3, 0.3), uniform(-0.3, 0.3)])
     spin, zoom_rate = uniform(-0.01, 0.01), uniform(-0.01, 0.01)
-    scale0 = uniform(0.6, 1.0) * min(height, width) / size  # source pixels per output pixel
-    scale0 = max(scale0, 1.0) if min(height, width) >= size else min(height, width) / size
-    span = size * scale0 * 1.5  # leave room for the motion
-    centre = torch.tensor([uniform(span / 2, max(span / 2, width - span / 2)),
-                           uniform(span / 2, max(span / 2, height - span / 2))])
-    # Mild local deformation: a smooth random displacement field shared by the clip, drifting.
+    # A smooth random displacement field shared by the clip, drifting over time.
     warp = torch.randn(2, 2, 4, 4, generator=generator) * 0.004
-
-    axis = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2)
+    axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
     views = []
     for t in range(num_frames):
         step = t - num_frames // 2
         shift = velocity * step + acceleration * step * step / 2
-        angle, zoom = spin * step, scale0 * (1 + zoom_rate * step)
+        angle, zoom = spin * step, 1 + zoom_rate * step
         cos, sin = math.cos(angle), math.sin(angle)
-        x = centre[0] + shift[0] * scale0 + zoom * (cos * gx - sin * gy)
-        y = centre[1] + shift[1] * scale0 + zoom * (sin * gx + cos * gy)
+        x = centre_x + shift[0] + zoom * (cos * gx - sin * gy)
+        y = centre_y + shift[1] + zoom * (sin * gx + cos * gy)
         grid = torch.stack([x / (width - 1) * 2 - 1, y / (height - 1) * 2 - 1], dim=-1)[None]
         field = warp[0] + warp[1] * step / max(1, num_frames // 2)
         grid = grid + F.interpolate(field[None], size=(size, size), mode="bicubic",
