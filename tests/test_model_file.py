@@ -152,3 +152,14 @@ def test_command_line_export_and_info(tmp_path):
     assert "FLOPs per output frame at 16x8 input (64x32 output)" in result.stdout
     result = run("info", str(tmp_path / "nothing.pt"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_command_line_selftest_and_installation_info(tmp_path):
+    run = lambda *args: subprocess.run([sys.executable, "-m", "vs_iedvr", *args], cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=300)
+    selftest = run("selftest")
+    assert selftest.returncode == 0, selftest.stderr
+    assert "selftest passed" in selftest.stdout
+    info = run("info")
+    assert info.returncode == 0, info.stderr
+    assert "operator library:" in info.stdout and "VapourSynth plugin:" in info.stdout

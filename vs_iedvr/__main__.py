@@ -31,6 +31,11 @@ def parse_size(text: str) -> tuple[int, int]:
 def info(args) -> int:
     if args.model is not None:
         return model_info(args)
+    print_installation()
+    return 0
+
+
+def print_installation() -> None:
     print(f"vs-iedvr {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}")
     print(f"operator library: {ops.LIBRARY_PATH}")
@@ -45,7 +50,6 @@ def info(args) -> int:
     print(f"VapourSynth plugin: {plugin if plugin.exists() else 'not installed'}")
     default_model = Path(__file__).parent / "models" / "default.pt"
     print(f"default model: {default_model if default_model.exists() else 'none installed yet (pass model=...)'}")
-    return 0
 
 
 def model_info(args) -> int:
@@ -90,7 +94,7 @@ def _check_device(device: str, dtype: torch.dtype) -> float:
 
 
 def selftest(args) -> int:
-    info(args)
+    print_installation()
     checks = [("cpu", torch.float32, 1e-4), ("cpu", torch.bfloat16, 0.1)]
     if torch.cuda.is_available() and ops.has_cuda_kernels():
         checks += [("cuda", torch.float32, 1e-3), ("cuda", torch.float16, 2e-2)]
