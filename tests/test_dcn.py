@@ -137,6 +137,26 @@ def test_integer_offset_shifts_the_image():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+def test_samples_a_rounding_error_inside_the_far_edges(isa, monkeypatch):
+    # x = W - 3.5e-7 is inside the image; in float32, x + 1 rounds up to W + 1, so floor(x)
+    # computed as trunc(x + 1) - 1 would be W: a corner past the image (this read out of bounds).
+    if isa == "baseline":
+        monkeypatch.setenv("IEDVR_CPU_ISA", "baseline")
+    height, width = 5, 16
+    x = torch.randn(1, 8, height, width, generator=torch.Generator().manual_seed(0))
+    offset = torch.zeros(1, 2 * 9, height, width)
+    offset[:, 0::2] = -3.5e-7  # dy of every tap: just above the rows below
+    offset[:, 1::2] = -3.5e-7  # dx: just left of the columns to the right
+    mask = torch.ones(1, 9, height, width)
+    weight = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(1))
+    args = ([1, 1], [1, 1], [1, 1], 1, 1)
+    out = op(x, offset, mask, weight, None, *args)
+    expected = modulated_deform_conv2d_reference(x.double(), offset.double(), mask.double(),
+                                                 weight.double(), None, *args)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_gradcheck_float64():
     case = Case("small", batch=2, in_channels=4, out_channels=4, height=5, width=6, groups=2,
                 deformable_groups=2, stride=(2, 1))

@@ -45,6 +45,13 @@ struct BilinearCorners {
   acc_t dweight_dx[4];
 };
 
+// floor(v) for -1 < v < 2^31, without a call to floor(): truncation, minus one below zero.
+// (Truncating v + 1 instead would round: 3.99999976f + 1 is 5.0f, a corner past the image.)
+template <typename acc_t>
+IEDVR_HOST_DEVICE int32_t floor_above_minus_one(acc_t v) {
+  return static_cast<int32_t>(v) - (v < 0 ? 1 : 0);
+}
+
 template <typename acc_t>
 IEDVR_HOST_DEVICE BilinearCorners<acc_t> bilinear_corners(acc_t y, acc_t x, int64_t height,
                                                           int64_t width) {
@@ -57,9 +64,7 @@ IEDVR_HOST_DEVICE BilinearCorners<acc_t> bilinear_corners(acc_t y, acc_t x, int6
   }
   if (!(y > -1 && x > -1 && y < height && x < width)) return c;  // also rejects NaN
 
-  // y, x > -1 here, so truncating y + 1 is floor(y) + 1: a cheap conversion instead of floor().
-  const int64_t y0 = static_cast<int64_t>(y + 1) - 1;
-  const int64_t x0 = static_cast<int64_t>(x + 1) - 1;
+  const int64_t y0 = floor_above_minus_one(y), x0 = floor_above_minus_one(x);
   const acc_t ly = y - static_cast<acc_t>(y0), lx = x - static_cast<acc_t>(x0);
   const acc_t hy = 1 - ly, hx = 1 - lx;
 

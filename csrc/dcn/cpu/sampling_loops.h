@@ -71,8 +71,7 @@ void plan_row(int32_t count, acc_t y_base, acc_t x_base, acc_t x_step, int32_t h
     // Non-short-circuit & and unconditional loads keep the loop free of branches.
     const bool inside = (y > -1) & (y < height) & (x > -1) & (x < width);  // false for NaN
     const acc_t ys = inside ? y : acc_t(0), xs = inside ? x : acc_t(0);
-    // ys, xs > -1, so truncating ys + 1 is floor(ys) + 1.
-    const int32_t y0 = static_cast<int32_t>(ys + 1) - 1, x0 = static_cast<int32_t>(xs + 1) - 1;
+    const int32_t y0 = floor_above_minus_one(ys), x0 = floor_above_minus_one(xs);
     const acc_t ly = ys - static_cast<acc_t>(y0), lx = xs - static_cast<acc_t>(x0);
     const acc_t mask_value = static_cast<acc_t>(mask[t]);
     const acc_t m = inside ? mask_value : acc_t(0);
