@@ -32,8 +32,10 @@ def find_cuda_home() -> str | None:
     return None
 
 
-if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and find_cuda_home():
-    os.environ["CUDA_HOME"] = find_cuda_home()
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home
 
 from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME on import)
 

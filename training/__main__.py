@@ -30,7 +30,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     for config_field in dataclasses.fields(TrainConfig):
         option = "--" + config_field.name.replace("_", "-")
-        default = TrainConfig().__getattribute__(config_field.name)
+        default = getattr(TrainConfig(), config_field.name)
         if config_field.name == "data":
             parser.add_argument(option, nargs="+", required=True,
                                 help="clip folders (REDS, Vimeo-90K or one folder per clip), "

@@ -7,7 +7,9 @@ augmentation and synthetic motion in any process, so a resumed or distributed ru
 the samples an uninterrupted one would.
 """
 
+import bisect
 import hashlib
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -188,12 +190,14 @@ class WindowDataset(torch.utils.data.Dataset):
         self.clips, self.stills = clips, stills
         self.num_frames, self.scale, self.patch = num_frames, scale, patch_size
         self.degradation, self.seed, self.augmentation = degradation, seed, augmentation
-        # Windows per clip, so that a clip is drawn in proportion to its length.
-        self.windows = [len(c.frames) - num_frames + 1 for c in clips] + [1] * len(stills)
+        # Windows per clip (so that a clip is drawn in proportion to its length), as running
+        # totals: sample position p belongs to the first source whose total exceeds p.
+        windows = [len(c.frames) - num_frames + 1 for c in clips] + [1] * len(stills)
+        self.window_ends = list(itertools.accumulate(windows))
 
     def pass_length(self) -> int:
         """Samples in one pass over the data: every window of every clip, every still once."""
-        return sum(self.windows)
+        return self.window_ends[-1]
 
     def generator_for(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed(hash((self.seed, index)) % 2**63)
@@ -205,10 +209,8 @@ class WindowDataset(torch.utils.data.Dataset):
         generator = self.generator_for(index)
         position = int(torch.randint(self.pass_length(), (), generator=generator))
         size = self.patch * self.scale
-        source = 0
-        while position >= self.windows[source]:
-            position -= self.windows[source]
-            source += 1
+        source = bisect.bisect_right(self.window_ends, position)
+        position -= self.window_ends[source - 1] if source else 0
         if source < len(self.clips):
             paths = self.clips[source].frames[position : position + self.num_frames]
             frames = torch.stack([read_image(p) for p in paths])

@@ -91,9 +91,7 @@ def mean_offset_magnitude(network) -> float:
 def low_precision_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.float16
-    capability = torch.backends.cpu.get_cpu_capability()
-    supports_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if supports_bf16 or capability in ("AMX",) else None
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
 
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
@@ -112,12 +110,11 @@ def save_checkpoint(path: Path, network, optimizer, scaler, step: int, best_psnr
 
 
 @torch.no_grad()
-def validate(network, dataset: WindowDataset, count: int, device, autocast) -> tuple[float, float]:
-    """Mean Y-PSNR and Y-SSIM over the first `count` validation samples (fixed by the seed)."""
+def validate(network, samples: list, device, autocast) -> tuple[float, float]:
+    """Mean Y-PSNR and Y-SSIM over fixed validation samples (low, high)."""
     network.eval()
     psnrs, ssims = [], []
-    for index in range(count):
-        low, high = dataset[index]
+    for low, high in samples:
         with autocast():
             out = network(low[None].to(device)).float().clamp(0, 1).cpu()
         psnrs.append(psnr(out[0], high, y_channel=True))
@@ -154,9 +151,12 @@ def train(config: TrainConfig) -> Path:
         clips, stills, config.validation_fraction, config.seed)
     dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
                             config.degradation, seed=config.seed)
-    validation = (WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
-                                config.degradation, seed=config.seed + 1, augmentation=False)
-                  if val_clips or val_stills else None)
+    # The same validation samples every time: read and degraded once.
+    validation = None
+    if val_clips or val_stills:
+        held_out = WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
+                                 config.degradation, seed=config.seed + 1, augmentation=False)
+        validation = [held_out[i] for i in range(config.validation_samples)] if master else None
     cycle = config.restart_every or max(1, dataset.pass_length() // (config.batch_size * world))
 
     # -- model, optimiser, precision -------------------------------------------------------------
@@ -240,8 +240,7 @@ def train(config: TrainConfig) -> Path:
             left = (config.iterations - step) / max(rate, 1e-9)
             val_psnr = val_ssim = ""
             if validation is not None and (step % config.validate_every == 0 or step == config.iterations):
-                val_psnr, val_ssim = validate(network, validation, config.validation_samples,
-                                              device, autocast)
+                val_psnr, val_ssim = validate(network, validation, device, autocast)
                 if val_psnr > best_psnr:
                     best_psnr = val_psnr
                     save_checkpoint(best_path, network, optimizer, scaler, step, best_psnr, config)

@@ -8,6 +8,7 @@ lets it take any frame size) and a JSON metadata entry. It is everything the plu
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -154,7 +155,8 @@ def load_weights(network: IEDVR, path) -> dict:
     """Loads a checkpoint into `network` strictly: a BasicSR checkpoint (under "params_ema" or
     "params"), a vs-iedvr training checkpoint (under "model") or a bare state dict. Returns the
     provenance to record in the model file."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    data = Path(path).read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     source_key = next((k for k in ("params_ema", "params", "model") if isinstance(state, dict) and k in state), None)
     if source_key is not None:
         state = state[source_key]
@@ -162,8 +164,8 @@ def load_weights(network: IEDVR, path) -> dict:
         raise ModelFileError(f"{path} holds no state dict (expected a dict of tensors, or one "
                              "under 'params_ema', 'params' or 'model')")
     network.load_state_dict(state, strict=True)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return {"source": str(Path(path).name), "sha256": digest, "state_dict_key": source_key}
+    return {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
+            "state_dict_key": source_key}
 
 
 def flops_per_frame(model: nn.Module, metadata: dict, height: int, width: int) -> int:
