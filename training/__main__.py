@@ -1,9 +1,10 @@
-"""vs-iedvr-train (python -m vs_iedvr.training) {train,evaluate} ...
+"""vs-iedvr-train (python -m vs_iedvr.training) {train,evaluate,fetch-data} ...
 
     vs-iedvr-train train --data clips/ video.mkv stills:photos/ --out-dir runs/x4 \
         [--arch iedvr-m] [--network num_feat=32 num_enhance_block=3] [--iterations 100000] ...
     torchrun --nproc-per-node 2 --no-python vs-iedvr-train train ...   # several processes
     vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0]
+    vs-iedvr-train fetch-data data/default     # the default weights' data, from the registries
 
 Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
 (resumed automatically), best.pt, log.csv and, at the end, the plugin's model file model.pt.
@@ -56,7 +57,14 @@ def main(argv=None) -> int:
     evaluate_parser.add_argument("--degradation", choices=("BI", "BD"), default="BI")
     evaluate_parser.add_argument("--crop-border", type=int, default=0)
     evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
+    fetch_parser = commands.add_parser("fetch-data", help="download the default weights' data")
+    fetch_parser.add_argument("out", help="folder to fill (train/, held_out/, PROVENANCE.md)")
     args = parser.parse_args(argv)
+    if args.command == "fetch-data":
+        from pathlib import Path
+        from .default_data import fetch
+        fetch(Path(args.out))
+        return 0
     if args.command == "train":
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
         values["network"] = dict(values["network"])

@@ -108,8 +108,8 @@ def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list
 
 def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
                      generator: torch.Generator) -> torch.Tensor:
-    """A clip of num_frames [3, size, size] views of a float image [3, H, W] along a smooth random
-    camera path (translation, rotation, zoom) with a mild smooth local deformation.
+    """A clip of num_frames [3, size, size] views of an image [3, H, W] (uint8, or float in [0, 1])
+    along a smooth random camera path (translation, rotation, zoom) with a mild smooth local deformation.
 
     The views keep the photograph's sharpness: a random region is cut out and, when the camera
     zooms out (up to 1.6 source pixels per output pixel), reduced with an antialiasing filter
@@ -122,6 +122,8 @@ def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
     top = int(torch.randint(height - region + 1, (), generator=generator))
     left = int(torch.randint(width - region + 1, (), generator=generator))
     image = image[:, top : top + region, left : left + region]
+    if not image.is_floating_point():  # converted after the cut: a whole photograph costs 20 ms
+        image = image.float() / 255
     if zoom_out > 1:
         image = F.interpolate(image[None], scale_factor=1 / zoom_out, mode="bicubic",
                               antialias=True, align_corners=False)[0]
@@ -216,7 +218,7 @@ class WindowDataset(torch.utils.data.Dataset):
             frames = torch.stack([read_image(p) for p in paths])
             high = random_crop(frames, size, generator).float() / 255
         else:
-            image = read_image(self.stills[source - len(self.clips)].path).float() / 255
+            image = read_image(self.stills[source - len(self.clips)].path)
             high = synthetic_motion(image, self.num_frames, size, generator)
         if self.augmentation:
             high = augment(high, generator)
