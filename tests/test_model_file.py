@@ -78,6 +78,45 @@ def test_float16_conversion(exported):
         assert relative_error(out, expected, base) < 0.01
 
 
+def test_float16_stored_weights_load_as_float32(exported, tmp_path):
+    net, path = exported
+    half_path = tmp_path / "half.pt"
+    metadata = model_file.export_model(net, half_path, "iedvr-small", {"source": "test"},
+                                       weights_dtype="float16")
+    assert metadata["weights_dtype"] == "float16"
+    assert model_file.read_metadata(half_path)["weights_dtype"] == "float16"
+    with zipfile.ZipFile(half_path) as archive:
+        stored = sum(i.file_size for i in archive.infolist() if "/data/" in i.filename)
+    with zipfile.ZipFile(path) as archive:
+        full = sum(i.file_size for i in archive.infolist() if "/data/" in i.filename)
+    assert stored < 0.55 * full
+    model, _ = model_file.load_model(half_path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # Equal to the eager network whose weights went through float16.
+    rounded = IEDVR(SMALL).eval()
+    rounded.load_state_dict({k: v.half().float() for k, v in net.state_dict().items()})
+    frames = torch.rand(1, 5, 3, 12, 20, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(model(frames), rounded(frames), atol=1e-5)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        model_file.export_model(net, tmp_path / "x.pt", "iedvr-small", weights_dtype="int8")
+
+
+def test_training_checkpoint_provenance(tmp_path):
+    torch.manual_seed(0)
+    net = IEDVR(SMALL)
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": net.state_dict(), "step": 1234, "best_psnr": 31.5,
+                "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}, checkpoint)
+    provenance = model_file.load_weights(IEDVR(SMALL), checkpoint)
+    assert provenance["state_dict_key"] == "model"
+    assert provenance["training"] == {"step": 1234, "best_val_psnr_y": 31.5,
+                                      "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}
+    torch.save({"model": net.state_dict(), "step": 0, "best_psnr": float("-inf"), "config": {}},
+               checkpoint)
+    assert model_file.load_weights(IEDVR(SMALL), checkpoint)["training"]["best_val_psnr_y"] is None
+
+
 def test_metadata(exported):
     _, path = exported
     metadata = model_file.read_metadata(path)

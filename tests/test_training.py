@@ -105,6 +105,23 @@ def test_samples_are_deterministic_and_shaped(dataset_root):
     assert not torch.equal(dataset[0][1], dataset[1][1])
 
 
+@pytest.mark.parametrize("still_fraction, expected", [(0.0, 0.25), (0.8, 0.8)])
+def test_still_fraction_sets_the_share_of_stills(tmp_path, still_fraction, expected):
+    # A black clip with 3 windows and one white still: the share of white samples tells the source.
+    clip_folder, still_folder = tmp_path / "clip", tmp_path / "stills"
+    still_folder.mkdir()
+    clip_folder.mkdir()
+    for t in range(7):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(clip_folder / f"{t:03d}.png")
+    Image.fromarray(np.full((80, 80, 3), 255, np.uint8)).save(still_folder / "white.png")
+    clips, stills = data.find_sources([str(clip_folder), f"stills:{still_folder}"], 5, tmp_path)
+    dataset = data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=0, still_fraction=still_fraction)
+    white = sum(dataset[i][1].mean().item() > 0.5 for i in range(400)) / 400
+    assert abs(white - expected) < 0.07  # about 3 standard deviations of 400 draws
+    with pytest.raises(ValueError, match="still_fraction"):
+        data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=0, still_fraction=1.5)
+
+
 def test_synthetic_motion_moves_smoothly():
     generator = torch.Generator().manual_seed(0)
     y, x = torch.meshgrid(torch.arange(120.0), torch.arange(160.0), indexing="ij")
@@ -218,6 +235,32 @@ def test_evaluate_scores_model_and_bicubic(dataset_root, tmp_path):
     upscaled = quantise(bicubic_upscale(data.degrade(high, 4, "BI"), 4))
     expected = sum(psnr(u, h, crop_border=2, y_channel=True) for u, h in zip(upscaled, high)) / 5
     assert per_clip["clips/000"] == pytest.approx(expected)
+
+
+def test_evaluate_reads_video_files_like_frame_folders(tmp_path):
+    import av
+
+    from vs_iedvr.training.evaluate import evaluate
+
+    frames = [(pattern(40, 48, seed=t).clip(0, 1) * 255).round().astype(np.uint8) for t in range(5)]
+    video = tmp_path / "clip.mkv"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 40, "bgr0"  # lossless RGB
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    folder = tmp_path / "frames" / "clip"
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:08d}.png")
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    from_video = evaluate(path, [str(video)], cache=str(tmp_path / "cache"))
+    from_frames = evaluate(path, [str(tmp_path / "frames")])
+    for method in ("bicubic", "model"):
+        assert from_video[method]["psnr_y"][1] == pytest.approx(from_frames[method]["psnr_y"][1])
 
 
 def test_evaluate_command_prints_a_table(dataset_root, tmp_path):

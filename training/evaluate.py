@@ -12,7 +12,7 @@ import torch
 
 from vs_iedvr import model_file
 
-from .data import degrade, frame_folders, read_image
+from .data import VIDEO_SUFFIXES, decode_video, degrade, frame_folders, read_image
 from .degradations import bicubic_upscale
 from .metrics import average_per_clip, psnr, ssim
 
@@ -49,14 +49,20 @@ def upscale_clip(model, low: torch.Tensor, num_frames: int) -> torch.Tensor:
 
 
 def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_border: int = 0,
-             max_frames: int = 0) -> dict:
+             max_frames: int = 0, cache: str = "runs/decoded") -> dict:
     """Scores per clip and overall for the model and for bicubic: {method: {metric: (per_clip,
-    mean)}} with metrics psnr_y, ssim_y, psnr_rgb, ssim_rgb."""
+    mean)}} with metrics psnr_y, ssim_y, psnr_rgb, ssim_rgb. Clips are folders of frames or video
+    files (decoded once into `cache`)."""
     model, metadata = model_file.load_model(model_path)
     scale, num_frames = metadata["scale"], metadata["num_frames"]
-    clips = [clip for root in clip_roots for clip in frame_folders(Path(root), 1)]
+    clips = []
+    for root in map(Path, clip_roots):
+        if root.is_file() and root.suffix.lower() in VIDEO_SUFFIXES:
+            clips.append(decode_video(root, Path(cache)))
+        else:
+            clips += frame_folders(root, 1)
     if not clips:
-        raise ValueError(f"no clips of frames found in {clip_roots}")
+        raise ValueError(f"no clips of frames or video files found in {clip_roots}")
     scores = {method: {metric: {} for metric in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
               for method in ("bicubic", "model")}
     for clip in clips:
@@ -76,7 +82,8 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
 
 
 def evaluate_command(args) -> int:
-    results = evaluate(args.model, args.clips, args.degradation, args.crop_border, args.max_frames)
+    results = evaluate(args.model, args.clips, args.degradation, args.crop_border, args.max_frames,
+                       args.cache)
     clips = list(results["model"]["psnr_y"][0])
     header = f"{'clip':30s} {'bicubic PSNR-Y':>15s} {'SSIM-Y':>7s} {'model PSNR-Y':>13s} {'SSIM-Y':>7s}"
     print(f"{args.model}, {args.degradation} x{model_file.read_metadata(args.model)['scale']}, "

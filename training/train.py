@@ -42,6 +42,7 @@ class TrainConfig:
     network: dict = field(default_factory=dict)  # overrides of the preset's NetworkConfig
     scale: int = 4
     degradation: str = "BI"  # BI (bicubic) or BD (Gaussian blur, every scale-th pixel)
+    still_fraction: float = 0.0  # share of samples from stills:; 0 = each still counts as one window
     patch_size: int = 64  # low-resolution patch side
     batch_size: int = 8  # per process
     iterations: int = 100_000
@@ -150,12 +151,13 @@ def train(config: TrainConfig) -> Path:
     (train_clips, train_stills), (val_clips, val_stills) = split_validation(
         clips, stills, config.validation_fraction, config.seed)
     dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
-                            config.degradation, seed=config.seed)
+                            config.degradation, seed=config.seed, still_fraction=config.still_fraction)
     # The same validation samples every time: read and degraded once.
     validation = None
     if val_clips or val_stills:
         held_out = WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
-                                 config.degradation, seed=config.seed + 1, augmentation=False)
+                                 config.degradation, seed=config.seed + 1, augmentation=False,
+                                 still_fraction=config.still_fraction)
         validation = [held_out[i] for i in range(config.validation_samples)] if master else None
     cycle = config.restart_every or max(1, dataset.pass_length() // (config.batch_size * world))
 

@@ -73,7 +73,7 @@ def model_info(args) -> int:
 def export(args) -> int:
     net = network.build(args.arch, scale=args.scale)
     weights = model_file.load_weights(net, args.weights) if args.weights else None
-    metadata = model_file.export_model(net, args.output, args.arch, weights)
+    metadata = model_file.export_model(net, args.output, args.arch, weights, args.weights_dtype)
     print(f"wrote {args.output}: {metadata['architecture']} x{metadata['scale']}, "
           f"{metadata['parameters']:,} parameters, weights: {metadata['weights']['source']}")
     return 0
@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     export_parser.add_argument("--weights", help="checkpoint or state dict (ours or BasicSR's); "
                                "without it the network is untrained")
     export_parser.add_argument("--output", required=True, help="the model file to write")
+    export_parser.add_argument("--weights-dtype", choices=sorted(model_file.WEIGHT_DTYPES),
+                               default="float32", help="how the weights are stored (float16: "
+                               "half the size; inference precision is chosen when loading)")
     export_parser.set_defaults(run=export)
     commands.add_parser("selftest", help="check the compiled operator on every device").set_defaults(run=selftest)
     args = parser.parse_args(argv)

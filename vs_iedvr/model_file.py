@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -97,13 +98,23 @@ def metadata_for(network: IEDVR, arch: str, weights: dict) -> dict:
     }
 
 
-def export_model(network: IEDVR, path, arch: str, weights: dict | None = None) -> dict:
-    """Traces `network` (float32, CPU, eval mode) and writes it with its metadata to `path`."""
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
+                 weights_dtype: str = "float32") -> dict:
+    """Traces `network` (float32, CPU, eval mode) and writes it with its metadata to `path`, its
+    weights stored as `weights_dtype` (float16 halves the file; loaders compute in float32 or
+    convert as they need)."""
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     network = network.eval().float().cpu()
     example = torch.rand(1, network.config.num_frame, 3, *TRACE_SIZE)
     with torch.no_grad(), without_torchscript_deprecation():
         traced = torch.jit.trace(PaddedNetwork(network), example, check_trace=False)
+    traced = traced.to(WEIGHT_DTYPES[weights_dtype])
     metadata = metadata_for(network, arch, weights or {"source": "untrained (random initialisation)"})
+    metadata["weights_dtype"] = weights_dtype
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")
@@ -148,7 +159,7 @@ def load_model(path, device="cpu") -> tuple[torch.jit.ScriptModule, dict]:
     except RuntimeError as error:
         raise ModelFileError(f"{path} could not be loaded ({str(error).splitlines()[0]}); the "
                              "file may be truncated: export it again") from None
-    return model.eval(), metadata
+    return model.float().eval(), metadata
 
 
 def load_weights(network: IEDVR, path) -> dict:
@@ -156,7 +167,7 @@ def load_weights(network: IEDVR, path) -> dict:
     "params"), a vs-iedvr training checkpoint (under "model") or a bare state dict. Returns the
     provenance to record in the model file."""
     data = Path(path).read_bytes()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = state_file = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     source_key = next((k for k in ("params_ema", "params", "model") if isinstance(state, dict) and k in state), None)
     if source_key is not None:
         state = state[source_key]
@@ -164,8 +175,14 @@ def load_weights(network: IEDVR, path) -> dict:
         raise ModelFileError(f"{path} holds no state dict (expected a dict of tensors, or one "
                              "under 'params_ema', 'params' or 'model')")
     network.load_state_dict(state, strict=True)
-    return {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
-            "state_dict_key": source_key}
+    provenance = {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
+                  "state_dict_key": source_key}
+    if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
+        best = state_file.get("best_psnr")
+        provenance["training"] = {"step": state_file.get("step"),
+                                  "best_val_psnr_y": best if best is not None and math.isfinite(best) else None,
+                                  "config": state_file["config"]}
+    return provenance
 
 
 def flops_per_frame(model: nn.Module, metadata: dict, height: int, width: int) -> int:

@@ -85,10 +85,11 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     engine->info.num_frames = metadata_int(metadata, "num_frames");
     engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
     engine->module.eval();
+    // A model file may store its weights in float16 (the default model does, to stay small).
     if (precision == 1 || (precision == -1 && engine->device.is_cuda())) {
       engine->dtype = torch::kHalf;
-      engine->module.to(torch::kHalf);
     }
+    engine->module.to(engine->dtype);
     return engine.release();
   } catch (const std::exception& e) {
     std::string message = e.what();
