@@ -64,11 +64,18 @@ def pad_frames(frames: torch.Tensor, multiple: int) -> torch.Tensor:
 
 @script
 def crop_output(output: torch.Tensor, frames: torch.Tensor, scale: int) -> torch.Tensor:
-    return output[:, :, : frames.size(3) * scale, : frames.size(4) * scale]
+    return output[:, :, : frames.size(-2) * scale, : frames.size(-1) * scale]
 
 
 class PaddedNetwork(nn.Module):
-    """The network for frames of any size: pads to a multiple of 4, upscales, crops."""
+    """The network for frames of any size: pads to a multiple of 4, upscales, crops.
+
+    Besides `forward` (a window of frames in, the upscaled centre frame out), the model file holds
+    the network's two halves, so that the plugin extracts each input frame's features once and
+    reuses them in the 2N+1 windows that contain the frame:
+        features(frames [N, 3, H, W]) -> (l1, l2, l3), the pyramid of each frame, padded;
+        upscale(l1, l2, l3 [B, T, C, h, w], centre [B, 3, H, W]) -> [B, 3, H*s, W*s].
+    """
 
     def __init__(self, network: IEDVR):
         super().__init__()
@@ -78,6 +85,15 @@ class PaddedNetwork(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         padded = pad_frames(frames, SIZE_MULTIPLE)
         return crop_output(self.network(padded), frames, self.scale)
+
+    def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        padded = pad_frames(frames.unsqueeze(0), SIZE_MULTIPLE).squeeze(0)
+        return self.network.extract_features(padded)
+
+    def upscale(self, l1: torch.Tensor, l2: torch.Tensor, l3: torch.Tensor,
+                centre: torch.Tensor) -> torch.Tensor:
+        padded = pad_frames(centre.unsqueeze(1), SIZE_MULTIPLE).squeeze(1)
+        return crop_output(self.network.reconstruct(l1, l2, l3, padded), centre, self.scale)
 
 
 def metadata_for(network: IEDVR, arch: str, weights: dict) -> dict:
@@ -109,9 +125,14 @@ def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
     if weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     network = network.eval().float().cpu()
+    padded = PaddedNetwork(network)
     example = torch.rand(1, network.config.num_frame, 3, *TRACE_SIZE)
+    with torch.no_grad():
+        levels = [level.unflatten(0, (1, -1)) for level in padded.features(example[0])]
+    methods = {"forward": (example,), "features": (example[0],),
+               "upscale": (*levels, example[:, network.config.center])}
     with torch.no_grad(), without_torchscript_deprecation():
-        traced = torch.jit.trace(PaddedNetwork(network), example, check_trace=False)
+        traced = torch.jit.trace_module(padded, methods, check_trace=False)
     traced = traced.to(WEIGHT_DTYPES[weights_dtype])
     metadata = metadata_for(network, arch, weights or {"source": "untrained (random initialisation)"})
     metadata["weights_dtype"] = weights_dtype

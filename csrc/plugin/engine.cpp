@@ -2,6 +2,7 @@
 // CPU or a CUDA device. Loaded by the VapourSynth filter on first use, so that VapourSynth's
 // start-up never pays for libtorch.
 #include "engine.h"
+#include "feature_cache.h"
 
 #include <dlfcn.h>
 #include <torch/cuda.h>
@@ -9,6 +10,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <mutex>
 #include <regex>
 #include <string>
@@ -51,11 +53,16 @@ struct IedvrEngine {
   torch::Device device{torch::kCPU};
   torch::ScalarType dtype = torch::kFloat;
   IedvrModelInfo info{};
+  // Model files with `features` and `upscale` methods run per frame + per window, with the
+  // frames' features cached; older ones run `forward` on whole windows.
+  bool split = false;
+  std::shared_ptr<FeatureCache> cache;
   std::mutex mutex;  // one inference at a time per engine
 };
 
 extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
-                                            char* error, size_t error_size) {
+                                            IedvrEngine* share_cache_with, char* error,
+                                            size_t error_size) {
   try {
     static std::once_flag operators_loaded;
     std::call_once(operators_loaded, load_operator_library);
@@ -90,6 +97,16 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       engine->dtype = torch::kHalf;
     }
     engine->module.to(engine->dtype);
+    engine->split = engine->module.find_method("features").has_value() &&
+                    engine->module.find_method("upscale").has_value();
+    // Room for one window plus the frames the next windows add, per engine using the cache.
+    const size_t frames_per_engine = engine->info.num_frames + 2;
+    if (share_cache_with != nullptr && share_cache_with->cache) {
+      engine->cache = share_cache_with->cache;
+      engine->cache->grow(frames_per_engine);
+    } else {
+      engine->cache = std::make_shared<FeatureCache>(frames_per_engine);
+    }
     return engine.release();
   } catch (const std::exception& e) {
     std::string message = e.what();
@@ -131,8 +148,33 @@ torch::Tensor ramp(int64_t length, int64_t fade_in, int64_t fade_out) {
   return weight;
 }
 
-torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const IedvrTiling& tiling) {
-  const int64_t height = input.size(3), width = input.size(4), scale = engine->info.scale;
+// The upscaled centre frame of a window [T, 3, h, w] of (a tile of) input frames, whose frame
+// numbers are `frames`: per-frame features from the cache or computed now, then the per-window
+// half of the network.
+torch::Tensor upscale_window(IedvrEngine* engine, const torch::Tensor& window, const int* frames,
+                             int tile) {
+  const int count = engine->info.num_frames;
+  if (!engine->split) return engine->module.forward({window.unsqueeze(0)}).toTensor();
+  std::vector<torch::Tensor> levels[3];
+  for (int k = 0; k < count; ++k) {
+    auto features = engine->cache->find(frames[k], tile);
+    if (!features) {
+      const auto computed = engine->module.get_method("features")({window[k].unsqueeze(0)});
+      features = FeatureCache::Features{};
+      for (const auto& level : computed.toTupleRef().elements()) features->push_back(level.toTensor());
+      engine->cache->insert(frames[k], tile, *features);
+    }
+    for (int level = 0; level < 3; ++level) levels[level].push_back((*features)[level]);
+  }
+  return engine->module
+      .get_method("upscale")({torch::stack(levels[0], 1), torch::stack(levels[1], 1),
+                              torch::stack(levels[2], 1), window[count / 2].unsqueeze(0)})
+      .toTensor();
+}
+
+torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const int* frames,
+                        const IedvrTiling& tiling) {
+  const int64_t height = input.size(2), width = input.size(3), scale = engine->info.scale;
   const int64_t tile_h = std::min<int64_t>(tiling.tile_height, height);
   const int64_t tile_w = std::min<int64_t>(tiling.tile_width, width);
   const auto ys = tile_origins(height, tile_h, tiling.overlap_y);
@@ -142,8 +184,9 @@ torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const I
   for (size_t i = 0; i < ys.size(); ++i) {
     for (size_t j = 0; j < xs.size(); ++j) {
       const int64_t y = ys[i], x = xs[j];
-      const auto tile = input.slice(3, y, y + tile_h).slice(4, x, x + tile_w);
-      const auto upscaled = engine->module.forward({tile}).toTensor().to(torch::kFloat);
+      const auto tile = input.slice(2, y, y + tile_h).slice(3, x, x + tile_w);
+      const int tile_index = static_cast<int>(i * xs.size() + j);
+      const auto upscaled = upscale_window(engine, tile, frames, tile_index).to(torch::kFloat);
       // Fade only where a neighbouring tile overlaps, by the overlap actually shared.
       const int64_t top = i > 0 ? (ys[i - 1] + tile_h - y) * scale : 0;
       const int64_t bottom = i + 1 < ys.size() ? (y + tile_h - ys[i + 1]) * scale : 0;
@@ -164,15 +207,15 @@ torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const I
 
 }  // namespace
 
-extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, int half, int width,
-                                int height, const IedvrTiling* tiling, void* output, char* error,
-                                size_t error_size) {
+extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, const int* frame_numbers,
+                                int half, int width, int height, const IedvrTiling* tiling,
+                                void* output, char* error, size_t error_size) {
   try {
     const c10::InferenceMode inference;
     const auto type = half ? torch::kHalf : torch::kFloat;
     const int scale = engine->info.scale;
     const auto input = torch::from_blob(const_cast<void*>(frames),
-                                        {1, engine->info.num_frames, 3, height, width},
+                                        {engine->info.num_frames, 3, height, width},
                                         torch::TensorOptions().dtype(type));
     const bool tiled = tiling != nullptr && tiling->tile_width > 0 &&
                        (tiling->tile_width < width || tiling->tile_height < height);
@@ -180,8 +223,8 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, int hal
     {
       std::lock_guard<std::mutex> lock(engine->mutex);
       const auto on_device = input.to(engine->device, engine->dtype);
-      result = tiled ? run_tiled(engine, on_device, *tiling)
-                     : engine->module.forward({on_device}).toTensor();
+      result = tiled ? run_tiled(engine, on_device, frame_numbers, *tiling)
+                     : upscale_window(engine, on_device, frame_numbers, 0);
       result = result.to(torch::kCPU, type).contiguous();
     }
     TORCH_CHECK(result.numel() == 3LL * height * scale * width * scale,
@@ -193,6 +236,13 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, int hal
     write_error(error, error_size, "inference failed: " + message.substr(0, message.find('\n')));
     return -1;
   }
+}
+
+extern "C" void iedvr_engine_feature_counts(IedvrEngine* engine, unsigned long long* computed,
+                                            unsigned long long* reused) {
+  const auto [insertions, hits] = engine->cache->counts();
+  *computed = insertions;
+  *reused = hits;
 }
 
 extern "C" void iedvr_engine_destroy(IedvrEngine* engine) { delete engine; }

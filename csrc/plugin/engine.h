@@ -15,28 +15,38 @@ typedef struct IedvrModelInfo {
 } IedvrModelInfo;
 
 // device: -2 picks the first CUDA device if there is one, else the CPU; -1 the CPU; n >= 0 CUDA
-// device n. precision: 0 float32, 1 float16, -1 float16 on CUDA and float32 on the CPU. Returns
-// null and writes a message on failure.
-IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision, char* error,
-                                 size_t error_size);
+// device n. precision: 0 float32, 1 float16, -1 float16 on CUDA and float32 on the CPU.
+// share_cache_with: null, or an engine of the same filter (same model, device, precision, frame
+// size and tiling) whose cache of per-frame features this one shares. Returns null and writes a
+// message on failure.
+IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
+                                 IedvrEngine* share_cache_with, char* error, size_t error_size);
 void iedvr_engine_info(const IedvrEngine* engine, IedvrModelInfo* info);
 
 // frames: num_frames * 3 planes of height x width, contiguous, float32 (half = 0) or IEEE
-// float16 (half = 1); output: 3 planes of (height * scale) x (width * scale) of the same type.
+// float16 (half = 1); frame_numbers: the clip's frame number of each (repeated where a border
+// or a scene change repeats a frame), the key of the feature cache; output: 3 planes of
+// (height * scale) x (width * scale) of the same type.
 // tile: the frame is processed in tiles of tile_width x tile_height input pixels overlapping by
 // overlap_x / overlap_y, cross-faded in the overlaps (0 = whole frame). Thread-safe. Returns 0,
 // or -1 with a message.
 typedef struct IedvrTiling {
   int tile_width, tile_height, overlap_x, overlap_y;
 } IedvrTiling;
-int iedvr_engine_run(IedvrEngine* engine, const void* frames, int half, int width, int height,
-                     const IedvrTiling* tiling, void* output, char* error, size_t error_size);
+int iedvr_engine_run(IedvrEngine* engine, const void* frames, const int* frame_numbers, int half,
+                     int width, int height, const IedvrTiling* tiling, void* output, char* error,
+                     size_t error_size);
+
+// How often per-frame features were computed and how often reused from the cache, summed over
+// the engines that share it (for tests and benchmarks).
+void iedvr_engine_feature_counts(IedvrEngine* engine, unsigned long long* computed,
+                                 unsigned long long* reused);
 
 void iedvr_engine_destroy(IedvrEngine* engine);
 
-typedef IedvrEngine* (*IedvrEngineCreate)(const char*, int, int, char*, size_t);
+typedef IedvrEngine* (*IedvrEngineCreate)(const char*, int, int, IedvrEngine*, char*, size_t);
 typedef void (*IedvrEngineInfo)(const IedvrEngine*, IedvrModelInfo*);
-typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, int, int, int, const IedvrTiling*, void*,
-                              char*, size_t);
+typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, const int*, int, int, int,
+                              const IedvrTiling*, void*, char*, size_t);
 typedef void (*IedvrEngineDestroy)(IedvrEngine*);
 }

@@ -88,8 +88,8 @@ class EnginePool {
   }
   IedvrEngine* any() const { return engines_.front(); }
 
-  int run(const void* frames, int half, int width, int height, const IedvrTiling* tiling,
-          void* output, char* error, size_t error_size) {
+  int run(const void* frames, const int* frame_numbers, int half, int width, int height,
+          const IedvrTiling* tiling, void* output, char* error, size_t error_size) {
     IedvrEngine* engine = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -98,7 +98,8 @@ class EnginePool {
       idle_.pop_back();
     }
     const int status =
-        library_->run(engine, frames, half, width, height, tiling, output, error, error_size);
+        library_->run(engine, frames, frame_numbers, half, width, height, tiling, output, error,
+                      error_size);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       idle_.push_back(engine);
@@ -187,9 +188,11 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   const int bytes = half ? 2 : 4, width = d->in_vi.width, height = d->in_vi.height;
   const size_t plane_bytes = static_cast<size_t>(width) * height * bytes;
   std::vector<uint8_t> window(plane_bytes * 3 * d->model.num_frames);
+  std::vector<int> window_frames(d->model.num_frames);
   for (int k = -radius; k <= radius; ++k) {
     // Folding into the shot applies the border rule at cuts and at the clip's ends alike.
     const int index = fold(n + k, shot_start, shot_end, d->border);
+    window_frames[k + radius] = index;
     for (int plane = 0; plane < 3; ++plane) {
       copy_plane_in(vsapi, frames[index], plane, bytes,
                     window.data() + ((k + radius) * 3 + plane) * plane_bytes, width, height);
@@ -200,8 +203,8 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   const size_t out_plane_bytes = static_cast<size_t>(out_width) * out_height * bytes;
   std::vector<uint8_t> upscaled(out_plane_bytes * 3);
   char error[1024] = {0};
-  const int status = d->engines->run(window.data(), half ? 1 : 0, width, height, &d->tiling,
-                                     upscaled.data(), error, sizeof error);
+  const int status = d->engines->run(window.data(), window_frames.data(), half ? 1 : 0, width,
+                                     height, &d->tiling, upscaled.data(), error, sizeof error);
   if (status != 0) {
     for (auto& entry : frames) vsapi->freeFrame(entry.second);
     vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) + ": " + error).c_str(),
@@ -323,8 +326,9 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
   const int precision = fp16_given ? (fp16_arg != 0 ? 1 : 0) : -1;
   for (int i = 0; i < streams; ++i) {
     char message[1024] = {0};
-    IedvrEngine* engine =
-        library->create(model_path.c_str(), device_index, precision, message, sizeof message);
+    IedvrEngine* engine = library->create(model_path.c_str(), device_index, precision,
+                                          i > 0 ? d->engines->any() : nullptr, message,
+                                          sizeof message);
     if (engine == nullptr) return fail(message);
     d->engines->add(engine);
   }

@@ -1,0 +1,78 @@
+// The features of recently seen input frames. Every input frame is in the 2N+1 windows of the
+// output frames around it; its features (the network's per-frame half) are computed once and
+// reused by the other windows. Shared by the engines of one filter instance and thread-safe.
+//
+// Features are always computed for one frame at a time, so a frame's features are the same
+// whichever window, thread or request order computed them first: the output never depends on
+// the order in which VapourSynth asks for frames.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+class FeatureCache {
+ public:
+  using Features = std::vector<torch::Tensor>;  // the pyramid levels of one frame (or one tile)
+
+  explicit FeatureCache(size_t capacity_frames) : capacity_(capacity_frames) {}
+
+  // Each engine that shares the cache can hold a window of its own in flight.
+  void grow(size_t frames) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    capacity_ += frames;
+  }
+
+  std::optional<Features> find(int frame, int tile) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto entry = frames_.find(frame);
+    if (entry == frames_.end()) return std::nullopt;
+    const auto features = entry->second.tiles.find(tile);
+    if (features == entry->second.tiles.end()) return std::nullopt;
+    entry->second.last_use = ++clock_;
+    ++hits_;
+    return features->second;
+  }
+
+  void insert(int frame, int tile, Features features) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!frames_.count(frame)) {
+      while (!frames_.empty() && frames_.size() >= capacity_) evict_least_recently_used();
+    }
+    auto& entry = frames_[frame];
+    entry.tiles[tile] = std::move(features);
+    entry.last_use = ++clock_;
+    ++insertions_;
+  }
+
+  // (features computed and stored, features reused) since the cache was made.
+  std::pair<uint64_t, uint64_t> counts() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {insertions_, hits_};
+  }
+
+ private:
+  struct Entry {
+    uint64_t last_use = 0;
+    std::map<int, Features> tiles;  // tile index -> features (0 when frames are not tiled)
+  };
+
+  // Tensors handed out earlier stay valid: they hold their own reference to the memory.
+  void evict_least_recently_used() {
+    auto oldest = frames_.begin();
+    for (auto it = frames_.begin(); it != frames_.end(); ++it) {
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    }
+    frames_.erase(oldest);
+  }
+
+  std::mutex mutex_;
+  size_t capacity_;
+  uint64_t clock_ = 0, hits_ = 0, insertions_ = 0;
+  std::map<int, Entry> frames_;
+};

@@ -1,0 +1,157 @@
+"""The engine computes each input frame's features once and reuses them in the other windows that
+contain the frame; the result equals running whole windows through the network."""
+
+import ctypes
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import vapoursynth as vs
+
+import vs_iedvr
+from vs_iedvr import model_file
+from vs_iedvr.network import IEDVR, NetworkConfig
+
+core = vs.core
+SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
+                      num_enhance_block=1, num_reconstruct_block=2)
+LENGTH, HEIGHT, WIDTH = 9, 12, 17
+
+
+class IedvrTiling(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in ("tile_width", "tile_height", "overlap_x", "overlap_y")]
+
+
+class Engine:
+    """The engine library driven directly, as the VapourSynth filter drives it."""
+
+    library = None
+
+    def __init__(self, model, share_with=None):
+        if Engine.library is None:
+            lib = ctypes.CDLL(str(Path(vs_iedvr.__file__).parent / "libiedvr_engine.so"))
+            lib.iedvr_engine_create.restype = ctypes.c_void_p
+            lib.iedvr_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                                ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.iedvr_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                             ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int,
+                                             ctypes.c_int, ctypes.POINTER(IedvrTiling),
+                                             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.iedvr_engine_feature_counts.argtypes = [ctypes.c_void_p] + 2 * [ctypes.POINTER(ctypes.c_ulonglong)]
+            lib.iedvr_engine_destroy.argtypes = [ctypes.c_void_p]
+            Engine.library = lib
+        error = ctypes.create_string_buffer(1024)
+        self.handle = self.library.iedvr_engine_create(
+            str(model).encode(), -1, 0, share_with.handle if share_with else None, error, 1024)
+        assert self.handle, error.value.decode()
+
+    def run(self, window: np.ndarray, numbers: list[int], tiling=(0, 0, 0, 0)) -> np.ndarray:
+        window = np.ascontiguousarray(window, dtype=np.float32)
+        out = np.empty((3, window.shape[-2] * 4, window.shape[-1] * 4), np.float32)
+        error = ctypes.create_string_buffer(1024)
+        status = self.library.iedvr_engine_run(
+            self.handle, window.ctypes.data, (ctypes.c_int * len(numbers))(*numbers), 0,
+            window.shape[-1], window.shape[-2], ctypes.byref(IedvrTiling(*tiling)), out.ctypes.data,
+            error, 1024)
+        assert status == 0, error.value.decode()
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        computed, reused = ctypes.c_ulonglong(), ctypes.c_ulonglong()
+        self.library.iedvr_engine_feature_counts(self.handle, ctypes.byref(computed), ctypes.byref(reused))
+        return computed.value, reused.value
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.library.iedvr_engine_destroy(self.handle)
+
+
+def reflect(i, last):
+    return -i if i < 0 else (2 * last - i if i > last else i)
+
+
+def window_numbers(n):
+    return [reflect(n + k, LENGTH - 1) for k in range(-2, 3)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    net = IEDVR(SMALL).eval()
+    folder = tmp_path_factory.mktemp("cache")
+    model_file.export_model(net, folder / "split.pt", "small")
+    # The same network as a model file with `forward` only (no per-frame half): whole windows.
+    with torch.no_grad(), model_file.without_torchscript_deprecation():
+        traced = torch.jit.trace(model_file.PaddedNetwork(net), torch.rand(1, 5, 3, 8, 8),
+                                 check_trace=False)
+        metadata = model_file.read_metadata(folder / "split.pt")
+        torch.jit.save(traced, str(folder / "whole.pt"),
+                       _extra_files={model_file.METADATA_ENTRY: __import__("json").dumps(metadata)})
+    frames = torch.rand(LENGTH, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2)).numpy()
+    return net, folder / "split.pt", folder / "whole.pt", frames
+
+
+def test_each_frame_is_computed_once_in_sequential_order(setup):
+    _, split, whole, frames = setup
+    engine, reference = Engine(split), Engine(whole)
+    for n in range(LENGTH):
+        numbers = window_numbers(n)
+        np.testing.assert_allclose(engine.run(frames[numbers], numbers),
+                                   reference.run(frames[numbers], numbers), atol=1e-5)
+    assert engine.counts() == (LENGTH, 5 * LENGTH - LENGTH)
+    assert reference.counts() == (0, 0)  # forward-only model files run without the cache
+
+
+def test_random_order_gives_identical_frames(setup):
+    _, split, _, frames = setup
+    sequential = Engine(split)
+    expected = {n: sequential.run(frames[window_numbers(n)], window_numbers(n)) for n in range(LENGTH)}
+    shuffled = Engine(split)
+    order = list(range(LENGTH)) * 2
+    random.Random(3).shuffle(order)
+    for n in order:
+        np.testing.assert_array_equal(shuffled.run(frames[window_numbers(n)], window_numbers(n)), expected[n])
+    computed, reused = shuffled.counts()
+    assert computed >= LENGTH and computed + reused == 5 * len(order)
+
+
+def test_engines_of_one_filter_share_the_cache(setup):
+    _, split, _, frames = setup
+    first = Engine(split)
+    second = Engine(split, share_with=first)
+    for n in range(LENGTH):
+        (first if n % 2 else second).run(frames[window_numbers(n)], window_numbers(n))
+    assert first.counts() == second.counts() == (LENGTH, 4 * LENGTH)
+
+
+def test_tiles_are_cached_per_tile(setup):
+    _, split, whole, frames = setup
+    engine, reference = Engine(split), Engine(whole)
+    tiling = (8, 8, 2, 2)  # 2 x 3 tiles of the 17 x 12 frames
+    for n in range(LENGTH):
+        numbers = window_numbers(n)
+        np.testing.assert_allclose(engine.run(frames[numbers], numbers, tiling),
+                                   reference.run(frames[numbers], numbers, tiling), atol=1e-5)
+    assert engine.counts() == (6 * LENGTH, 6 * 4 * LENGTH)
+
+
+def test_filter_output_equals_the_eager_network_in_any_order(setup):
+    net, split, _, frames = setup
+    blank = core.std.BlankClip(format=vs.RGBS, width=WIDTH, height=HEIGHT, length=LENGTH)
+
+    def fill(n, f):
+        out = f.copy()
+        for plane in range(3):
+            np.asarray(out[plane])[:] = frames[n, plane]
+        return out
+
+    clip = core.iedvr.Upscale(core.std.ModifyFrame(blank, blank, fill), model=str(split), num_streams=2)
+    order = list(range(LENGTH))
+    random.Random(4).shuffle(order)
+    for n in order:
+        got = np.stack([np.asarray(clip.get_frame(n)[p]) for p in range(3)])
+        with torch.no_grad():
+            want = model_file.PaddedNetwork(net)(torch.from_numpy(frames[window_numbers(n)])[None])[0]
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
