@@ -1,9 +1,10 @@
-"""Command line: vs-iedvr (or python -m vs_iedvr) {info,export,selftest}.
+"""Command line: vs-iedvr (or python -m vs_iedvr) {info,export,selftest,bench}.
 
     vs-iedvr info                          what is installed, which devices are seen
     vs-iedvr info MODEL [--size 320x180]   a model file: metadata, parameters, FLOPs
     vs-iedvr export --arch iedvr-m [--weights CKPT] --output MODEL
     vs-iedvr selftest                      check the compiled operator on every device
+    vs-iedvr bench [--size 320x180]        the plugin's speed next to a Python callback's
 """
 
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import __version__, model_file, network, ops
+from . import __version__, bench, model_file, network, ops
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -129,6 +130,10 @@ def main(argv=None) -> int:
                                "half the size; inference precision is chosen when loading)")
     export_parser.set_defaults(run=export)
     commands.add_parser("selftest", help="check the compiled operator on every device").set_defaults(run=selftest)
+    bench_parser = commands.add_parser("bench", help="frames per second of the plugin and of a "
+                                       "Python-callback pipeline, FLOP rates, peak memory")
+    bench.add_arguments(bench_parser, parse_size)
+    bench_parser.set_defaults(run=bench.bench)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,227 @@
+"""vs-iedvr bench: the plugin's speed through a real VapourSynth graph, next to the plain PyTorch
+way (a Python per-frame callback, as the pure-Python VapourSynth wrappers do it), on the same
+frames and model file, in one run.
+
+    vs-iedvr bench [--size 320x180] [--frames 6] [--device auto|cpu|cuda:N] [--fp16] [--model M]
+
+Each pipeline runs in a fresh process, so that its peak memory is its own. Per pipeline: the
+median time per output frame over `--frames` frames requested in order (after one warm-up frame),
+the FLOPs it executes per output frame (the plugin computes each input frame's features once,
+the callback recomputes them in all 2N+1 windows), the rate that makes, and the fraction of this
+machine's measured matrix-multiply peak in the same precision.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import model_file, network
+
+PIPELINES = {"plugin": "core.iedvr.Upscale (C++, cached features)",
+             "python": "Python callback (std.ModifyFrame + torch)"}
+
+
+def source_clip(width: int, height: int, length: int):
+    """Smooth random RGBS frames (made once; the source costs nothing next to the network)."""
+    import vapoursynth as vs
+
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(length, 3, height // 8 + 2, width // 8 + 2, generator=generator)
+    frames = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic",
+                                             align_corners=False).clamp(0, 1).numpy()
+    blank = vs.core.std.BlankClip(format=vs.RGBS, width=width, height=height, length=length)
+
+    def fill(n, f):
+        out = f.copy()
+        for plane in range(3):
+            np.asarray(out[plane])[:] = frames[n, plane]
+        return out
+
+    return vs.core.std.ModifyFrame(blank, blank, fill)
+
+
+def shifted(clip, k: int):
+    """Frame n of the result is frame n + k of `clip`, clamped to its ends."""
+    if k > 0:
+        return clip[k:] + clip[-1] * k
+    if k < 0:
+        return clip[0] * -k + clip[:k]
+    return clip
+
+
+def python_pipeline(clip, model_path: str, device: torch.device, half: bool):
+    """The per-frame callback of the pure-Python wrappers: gather the window's frames, convert
+    them to a tensor, run the network on the whole window, copy the result into a new frame."""
+    import vapoursynth as vs
+
+    model, metadata = model_file.load_model(model_path, device)
+    model = model.half() if half else model
+    scale, radius = metadata["scale"], metadata["num_frames"] // 2
+    blank = vs.core.std.BlankClip(clip, width=clip.width * scale, height=clip.height * scale)
+    neighbours = [shifted(clip, k) for k in range(-radius, radius + 1)]
+
+    def upscale(n, f):
+        window = np.stack([np.stack([np.asarray(frame[p]) for p in range(3)]) for frame in f[1:]])
+        frames = torch.from_numpy(window)[None].to(device, torch.half if half else torch.float)
+        with torch.inference_mode():
+            result = model(frames)[0].float().cpu().numpy()
+        out = f[0].copy()
+        for plane in range(3):
+            np.asarray(out[plane])[:] = result[plane]
+        return out
+
+    return vs.core.std.ModifyFrame(blank, [blank, *neighbours], upscale)
+
+
+def run_pipeline(args) -> dict:
+    """In the child process: build one pipeline, time it, report as JSON."""
+    import vapoursynth as vs
+
+    device = torch.device(args.device)
+    clip = source_clip(args.width, args.height, args.frames + 1)
+    if args.pipeline == "plugin":
+        device_index = (device.index or 0) if device.type == "cuda" else -1
+        out = vs.core.iedvr.Upscale(clip, model=args.model, device_index=device_index,
+                                    fp16=int(args.fp16))
+    else:
+        out = python_pipeline(clip, args.model, device, args.fp16)
+    out.get_frame(0)  # warm-up: loading, first allocations, the first window's features
+    times = []
+    for n in range(1, args.frames + 1):
+        start = time.perf_counter()
+        out.get_frame(n)
+        times.append(time.perf_counter() - start)
+    result = {"median_s": statistics.median(times), "times_s": times,
+              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The best median rate of square matrix multiplies: the machine's practical peak."""
+    rates = []
+    for size in (1024, 2048, 4096) if device.type == "cuda" else (1024, 2048):
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        times = []
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        rates.append(2 * size**3 / statistics.median(times[1:]))
+    return max(rates)
+
+
+def flops_per_output_frame(model_path: str, width: int, height: int) -> tuple[int, int]:
+    """(whole window through the network, one frame's features + one window's second half)."""
+    model, metadata = model_file.load_model(model_path)
+    frames = torch.zeros(1, metadata["num_frames"], 3, height, width)
+    whole = count_flops(lambda: model(frames))
+    features = count_flops(lambda: model.features(frames[0, :1]))
+    levels = [level.unflatten(0, (1, -1)).expand(1, frames.shape[1], *level.shape[1:]).contiguous()
+              for level in model.features(frames[0, :1])]
+    upscale = count_flops(lambda: model.upscale(*levels, frames[:, 0]))
+    return whole, features + upscale
+
+
+def count_flops(fn) -> int:
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def default_model() -> Path | None:
+    path = Path(__file__).parent / "models" / "default.pt"
+    return path if path.exists() else None
+
+
+def bench(args) -> int:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    fp16 = args.fp16 if args.fp16 is not None else device.type == "cuda"
+    width, height = args.size
+    with tempfile.TemporaryDirectory() as folder:
+        model = args.model or default_model()
+        if model is None:
+            model = Path(folder) / "iedvr-m.pt"
+            model_file.export_model(network.build("iedvr-m"), model, "iedvr-m")
+        metadata = model_file.read_metadata(model)
+        whole, cached = flops_per_output_frame(str(model), width, height)
+        dtype = torch.float16 if fp16 else torch.float32
+        peak = matmul_peak(device, dtype)
+
+        print(f"vs-iedvr bench: {metadata['architecture']} x{metadata['scale']} ({model}), "
+              f"{width}x{height} -> {width * metadata['scale']}x{height * metadata['scale']}, "
+              f"{args.frames} frames after 1 warm-up, {device} {str(dtype)[6:]}")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+              + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+        print(f"model FLOPs per output frame: {whole / 1e9:.1f} G for a whole window, "
+              f"{cached / 1e9:.1f} G with each frame's features computed once")
+        print(f"measured matrix-multiply peak ({str(dtype)[6:]}): {peak / 1e9:.1f} GFLOP/s")
+        print(f"{'pipeline':44s} {'s/frame':>8s} {'frames/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak memory':>12s}")
+        results = {}
+        for name in args.pipelines:
+            command = [sys.executable, "-m", "vs_iedvr.bench", "--child", name, "--model", str(model),
+                       "--width", str(width), "--height", str(height), "--frames", str(args.frames),
+                       "--device", str(device)] + (["--fp16"] if fp16 else [])
+            child = subprocess.run(command, capture_output=True, text=True)
+            if child.returncode != 0:
+                print(f"{name}: failed\n{child.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            result = results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+            flops = cached if name == "plugin" else whole
+            rate = flops / result["median_s"]
+            memory = result.get("peak_cuda_bytes", result["peak_rss_bytes"])
+            print(f"{PIPELINES[name]:44s} {result['median_s']:8.2f} {1 / result['median_s']:9.3f} "
+                  f"{rate / 1e9:8.1f} {rate / peak:8.0%} {memory / 2**30:8.2f} GiB"
+                  + (" (CUDA)" if "peak_cuda_bytes" in result else " (RSS)"))
+        if len(results) == 2:
+            ratio = results["python"]["median_s"] / results["plugin"]["median_s"]
+            print(f"plugin / Python callback: {ratio:.2f}x the frames per second")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser, parse_size) -> None:
+    parser.add_argument("--size", type=parse_size, default=(320, 180),
+                        help="input frame size WIDTHxHEIGHT (default 320x180)")
+    parser.add_argument("--frames", type=int, default=6, help="timed output frames (default 6)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:N")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                        help="float16 inference (default: on CUDA only)")
+    parser.add_argument("--model", help="model file (default: the installed default model, else "
+                        "an untrained iedvr-m, which has the same cost)")
+    parser.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES), default=["plugin", "python"])
+
+
+def child_main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", dest="pipeline", choices=sorted(PIPELINES), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--height", type=int, required=True)
+    parser.add_argument("--frames", type=int, required=True)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--fp16", action="store_true")
+    print(json.dumps(run_pipeline(parser.parse_args())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
