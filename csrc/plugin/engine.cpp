@@ -97,6 +97,11 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       engine->dtype = torch::kHalf;
     }
     engine->module.to(engine->dtype);
+    // Channels-last 2D weights and frames: oneDNN and cuDNN then skip a layout conversion around
+    // every convolution (about 10% of the CPU time), and the DCN kernel reads channels-last.
+    for (auto parameter : engine->module.parameters()) {
+      if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
     engine->split = engine->module.find_method("features").has_value() &&
                     engine->module.find_method("upscale").has_value();
     // Room for one window plus the frames the next windows add, per engine using the cache.
@@ -222,7 +227,8 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, const i
     torch::Tensor result;
     {
       std::lock_guard<std::mutex> lock(engine->mutex);
-      const auto on_device = input.to(engine->device, engine->dtype);
+      const auto on_device =
+          input.to(engine->device, engine->dtype).contiguous(torch::MemoryFormat::ChannelsLast);
       result = tiled ? run_tiled(engine, on_device, frame_numbers, *tiling)
                      : upscale_window(engine, on_device, frame_numbers, 0);
       result = result.to(torch::kCPU, type).contiguous();
