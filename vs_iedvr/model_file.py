@@ -7,6 +7,7 @@ lets it take any frame size) and a JSON metadata entry. It is everything the plu
 """
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -124,7 +125,8 @@ def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
     convert as they need)."""
     if weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}")
-    network = network.eval().float().cpu()
+    # A copy: the trace shares its parameters, and converting them must not touch the caller's.
+    network = copy.deepcopy(network).eval().float().cpu()
     padded = PaddedNetwork(network)
     example = torch.rand(1, network.config.num_frame, 3, *TRACE_SIZE)
     with torch.no_grad():
