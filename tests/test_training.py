@@ -43,6 +43,20 @@ def write_clip(folder: Path, frames: int, size=(40, 48), seed=0, name="{:08d}.pn
         Image.fromarray((view.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / name.format(t))
 
 
+def write_lossless_video(video: Path, count: int) -> tuple[list[np.ndarray], Path]:
+    """`count` 48x40 pattern frames as a lossless RGB (FFV1) video; returns them and the path."""
+    import av
+
+    frames = [(pattern(40, 48, seed=t).clip(0, 1) * 255).round().astype(np.uint8) for t in range(count)]
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 40, "bgr0"  # lossless RGB
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return frames, video
+
+
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -70,16 +84,7 @@ def test_frame_folder_layouts(tmp_path):
 
 
 def test_video_files_are_decoded(tmp_path):
-    import av
-
-    frames = [(pattern(40, 48, seed=t).clip(0, 1) * 255).round().astype(np.uint8) for t in range(6)]
-    video = tmp_path / "clip.mkv"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("ffv1", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 48, 40, "bgr0"  # lossless RGB
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    frames, video = write_lossless_video(tmp_path / "clip.mkv", 6)
     clips, stills = data.find_sources([str(video)], 5, tmp_path / "cache")
     assert len(clips) == 1 and not stills and len(clips[0].frames) == 6
     for path, frame in zip(clips[0].frames, frames):
@@ -238,18 +243,9 @@ def test_evaluate_scores_model_and_bicubic(dataset_root, tmp_path):
 
 
 def test_evaluate_reads_video_files_like_frame_folders(tmp_path):
-    import av
-
     from vs_iedvr.training.evaluate import evaluate
 
-    frames = [(pattern(40, 48, seed=t).clip(0, 1) * 255).round().astype(np.uint8) for t in range(5)]
-    video = tmp_path / "clip.mkv"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("ffv1", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 48, 40, "bgr0"  # lossless RGB
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    frames, video = write_lossless_video(tmp_path / "clip.mkv", 5)
     folder = tmp_path / "frames" / "clip"
     folder.mkdir(parents=True)
     for t, frame in enumerate(frames):
