@@ -1,16 +1,14 @@
 """The engine computes each input frame's features once and reuses them in the other windows that
 contain the frame; the result equals running whole windows through the network."""
 
-import ctypes
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import vapoursynth as vs
 
-import vs_iedvr
+from engine_library import Engine
 from vs_iedvr import model_file
 from vs_iedvr.network import IEDVR, NetworkConfig
 
@@ -18,54 +16,6 @@ core = vs.core
 SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
                       num_enhance_block=1, num_reconstruct_block=2)
 LENGTH, HEIGHT, WIDTH = 9, 12, 17
-
-
-class IedvrTiling(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int) for name in ("tile_width", "tile_height", "overlap_x", "overlap_y")]
-
-
-class Engine:
-    """The engine library driven directly, as the VapourSynth filter drives it."""
-
-    library = None
-
-    def __init__(self, model, share_with=None):
-        if Engine.library is None:
-            lib = ctypes.CDLL(str(Path(vs_iedvr.__file__).parent / "libiedvr_engine.so"))
-            lib.iedvr_engine_create.restype = ctypes.c_void_p
-            lib.iedvr_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
-                                                ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-            lib.iedvr_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
-                                             ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int,
-                                             ctypes.c_int, ctypes.POINTER(IedvrTiling),
-                                             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-            lib.iedvr_engine_feature_counts.argtypes = [ctypes.c_void_p] + 2 * [ctypes.POINTER(ctypes.c_ulonglong)]
-            lib.iedvr_engine_destroy.argtypes = [ctypes.c_void_p]
-            Engine.library = lib
-        error = ctypes.create_string_buffer(1024)
-        self.handle = self.library.iedvr_engine_create(
-            str(model).encode(), -1, 0, share_with.handle if share_with else None, error, 1024)
-        assert self.handle, error.value.decode()
-
-    def run(self, window: np.ndarray, numbers: list[int], tiling=(0, 0, 0, 0)) -> np.ndarray:
-        window = np.ascontiguousarray(window, dtype=np.float32)
-        out = np.empty((3, window.shape[-2] * 4, window.shape[-1] * 4), np.float32)
-        error = ctypes.create_string_buffer(1024)
-        status = self.library.iedvr_engine_run(
-            self.handle, window.ctypes.data, (ctypes.c_int * len(numbers))(*numbers), 0,
-            window.shape[-1], window.shape[-2], ctypes.byref(IedvrTiling(*tiling)), out.ctypes.data,
-            error, 1024)
-        assert status == 0, error.value.decode()
-        return out
-
-    def counts(self) -> tuple[int, int]:
-        computed, reused = ctypes.c_ulonglong(), ctypes.c_ulonglong()
-        self.library.iedvr_engine_feature_counts(self.handle, ctypes.byref(computed), ctypes.byref(reused))
-        return computed.value, reused.value
-
-    def __del__(self):
-        if getattr(self, "handle", None):
-            self.library.iedvr_engine_destroy(self.handle)
 
 
 def reflect(i, last):

@@ -2,6 +2,7 @@
 // CPU or a CUDA device. Loaded by the VapourSynth filter on first use, so that VapourSynth's
 // start-up never pays for libtorch.
 #include "engine.h"
+#include "block_reuse.h"
 #include "feature_cache.h"
 
 #include <dlfcn.h>
@@ -227,6 +228,7 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, const i
     torch::Tensor result;
     {
       std::lock_guard<std::mutex> lock(engine->mutex);
+      const BlockReuse::Scope reuse_blocks;
       const auto on_device =
           input.to(engine->device, engine->dtype).contiguous(torch::MemoryFormat::ChannelsLast);
       result = tiled ? run_tiled(engine, on_device, frame_numbers, *tiling)
@@ -251,4 +253,17 @@ extern "C" void iedvr_engine_feature_counts(IedvrEngine* engine, unsigned long l
   *reused = hits;
 }
 
-extern "C" void iedvr_engine_destroy(IedvrEngine* engine) { delete engine; }
+extern "C" void iedvr_engine_destroy(IedvrEngine* engine) {
+  delete engine;
+  // A filter is being freed: its blocks go back to the system (engines still running allocate
+  // theirs anew once).
+  BlockReuse::release_idle();
+}
+
+extern "C" void iedvr_engine_block_counts(unsigned long long* fresh, unsigned long long* reused,
+                                          unsigned long long* idle_bytes) {
+  const auto counts = BlockReuse::counts();
+  *fresh = counts.fresh;
+  *reused = counts.reused;
+  *idle_bytes = counts.idle_bytes;
+}

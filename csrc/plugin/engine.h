@@ -42,6 +42,11 @@ int iedvr_engine_run(IedvrEngine* engine, const void* frames, const int* frame_n
 void iedvr_engine_feature_counts(IedvrEngine* engine, unsigned long long* computed,
                                  unsigned long long* reused);
 
+// Process-wide: large CPU blocks the engines allocated anew, blocks reused, and the bytes held idle
+// for reuse (given back to the system whenever an engine is destroyed).
+void iedvr_engine_block_counts(unsigned long long* fresh, unsigned long long* reused,
+                               unsigned long long* idle_bytes);
+
 void iedvr_engine_destroy(IedvrEngine* engine);
 
 typedef IedvrEngine* (*IedvrEngineCreate)(const char*, int, int, IedvrEngine*, char*, size_t);

@@ -1,0 +1,67 @@
+"""The engine library (libiedvr_engine.so) driven through ctypes, as the VapourSynth filter drives
+it, for the tests that look inside it."""
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+import vs_iedvr
+
+
+class IedvrTiling(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in ("tile_width", "tile_height", "overlap_x", "overlap_y")]
+
+
+class Engine:
+    """The engine library driven directly, as the VapourSynth filter drives it."""
+
+    library = None
+
+    def __init__(self, model, share_with=None):
+        if Engine.library is None:
+            lib = ctypes.CDLL(str(Path(vs_iedvr.__file__).parent / "libiedvr_engine.so"))
+            lib.iedvr_engine_create.restype = ctypes.c_void_p
+            lib.iedvr_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                                ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.iedvr_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                             ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int,
+                                             ctypes.c_int, ctypes.POINTER(IedvrTiling),
+                                             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.iedvr_engine_feature_counts.argtypes = [ctypes.c_void_p] + 2 * [ctypes.POINTER(ctypes.c_ulonglong)]
+            lib.iedvr_engine_block_counts.argtypes = 3 * [ctypes.POINTER(ctypes.c_ulonglong)]
+            lib.iedvr_engine_destroy.argtypes = [ctypes.c_void_p]
+            Engine.library = lib
+        error = ctypes.create_string_buffer(1024)
+        self.handle = self.library.iedvr_engine_create(
+            str(model).encode(), -1, 0, share_with.handle if share_with else None, error, 1024)
+        assert self.handle, error.value.decode()
+
+    def run(self, window: np.ndarray, numbers: list[int], tiling=(0, 0, 0, 0)) -> np.ndarray:
+        window = np.ascontiguousarray(window, dtype=np.float32)
+        out = np.empty((3, window.shape[-2] * 4, window.shape[-1] * 4), np.float32)
+        error = ctypes.create_string_buffer(1024)
+        status = self.library.iedvr_engine_run(
+            self.handle, window.ctypes.data, (ctypes.c_int * len(numbers))(*numbers), 0,
+            window.shape[-1], window.shape[-2], ctypes.byref(IedvrTiling(*tiling)), out.ctypes.data,
+            error, 1024)
+        assert status == 0, error.value.decode()
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        computed, reused = ctypes.c_ulonglong(), ctypes.c_ulonglong()
+        self.library.iedvr_engine_feature_counts(self.handle, ctypes.byref(computed), ctypes.byref(reused))
+        return computed.value, reused.value
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.library.iedvr_engine_destroy(self.handle)
+
+
+def block_counts() -> tuple[int, int, int]:
+    """Process-wide: (large blocks allocated anew, blocks reused, bytes held idle)."""
+    if Engine.library is None:
+        raise RuntimeError("create an Engine first")
+    values = [ctypes.c_ulonglong() for _ in range(3)]
+    Engine.library.iedvr_engine_block_counts(*(ctypes.byref(v) for v in values))
+    return tuple(v.value for v in values)
