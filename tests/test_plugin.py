@@ -113,6 +113,20 @@ def test_rgbh_clip(network_and_model, frames):
                                atol=5e-3)
 
 
+def test_fp16_on_the_cpu_computes_in_bfloat16(network_and_model, frames):
+    net, path = network_and_model
+    out = planes(core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1, fp16=1).get_frame(2))
+    exact = expected(net, frames, [0, 1, 2, 3, 4])
+    with torch.no_grad():
+        bf16 = model_file.PaddedNetwork(IEDVR(SMALL).to(torch.bfloat16).eval())
+        bf16.network.load_state_dict(net.state_dict())
+        in_bf16 = bf16(frames[[0, 1, 2, 3, 4]][None].to(torch.bfloat16))[0].float().numpy()
+    assert np.abs(out - exact).max() > 1e-4  # not computed in float32
+    # As close to float32 as the network run eagerly in bfloat16 is, and close to that run.
+    assert np.abs(out - exact).mean() < 2 * np.abs(in_bf16 - exact).mean()
+    np.testing.assert_allclose(out, in_bf16, atol=3e-2)
+
+
 def test_request_order_and_threads_do_not_change_frames(network_and_model, frames):
     _, path = network_and_model
     out = core.iedvr.Upscale(clip_of(frames), model=path)

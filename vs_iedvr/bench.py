@@ -61,20 +61,26 @@ def shifted(clip, k: int):
     return clip
 
 
+def sixteen_bit(device: torch.device) -> torch.dtype:
+    """What fp16 means, as in the plugin: float16 on CUDA, bfloat16 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def python_pipeline(clip, model_path: str, device: torch.device, half: bool):
     """The per-frame callback of the pure-Python wrappers: gather the window's frames, convert
     them to a tensor, run the network on the whole window, copy the result into a new frame."""
     import vapoursynth as vs
 
     model, metadata = model_file.load_model(model_path, device)
-    model = model.half() if half else model
+    dtype = sixteen_bit(device) if half else torch.float32
+    model = model.to(dtype)
     scale, radius = metadata["scale"], metadata["num_frames"] // 2
     blank = vs.core.std.BlankClip(clip, width=clip.width * scale, height=clip.height * scale)
     neighbours = [shifted(clip, k) for k in range(-radius, radius + 1)]
 
     def upscale(n, f):
         window = np.stack([np.stack([np.asarray(frame[p]) for p in range(3)]) for frame in f[1:]])
-        frames = torch.from_numpy(window)[None].to(device, torch.half if half else torch.float)
+        frames = torch.from_numpy(window)[None].to(device, dtype)
         with torch.inference_mode():
             result = model(frames)[0].float().cpu().numpy()
         out = f[0].copy()
@@ -187,7 +193,7 @@ def bench(args) -> int:
             model_file.export_model(network.build("iedvr-m"), model, "iedvr-m")
         metadata = model_file.read_metadata(model)
         whole, cached = flops_per_output_frame(str(model), width, height)
-        dtype = torch.float16 if fp16 else torch.float32
+        dtype = sixteen_bit(device) if fp16 else torch.float32
         peak = compute_peak(device, dtype)
 
         print(f"vs-iedvr bench: {metadata['architecture']} x{metadata['scale']} ({model}), "
@@ -229,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser, parse_size) -> None:
     parser.add_argument("--frames", type=int, default=6, help="timed output frames (default 6)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:N")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                        help="float16 inference (default: on CUDA only)")
+                        help="16-bit inference: float16 on CUDA, bfloat16 on the CPU "
+                        "(default: on CUDA only)")
     parser.add_argument("--model", help="model file (default: the installed default model, else "
                         "an untrained iedvr-m, which has the same cost)")
     parser.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES), default=["plugin", "python"])

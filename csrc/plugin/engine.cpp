@@ -93,9 +93,11 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     engine->info.num_frames = metadata_int(metadata, "num_frames");
     engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
     engine->module.eval();
-    // A model file may store its weights in float16 (the default model does, to stay small).
+    // 16-bit inference: float16 on CUDA; bfloat16 on the CPU, whose AVX512-BF16 and AMX units
+    // run it (float16 would be emulated there). A model file may store its weights in float16
+    // (the default model does, to stay small); they are converted either way.
     if (precision == 1 || (precision == -1 && engine->device.is_cuda())) {
-      engine->dtype = torch::kHalf;
+      engine->dtype = engine->device.is_cuda() ? torch::kHalf : torch::kBFloat16;
     }
     engine->module.to(engine->dtype);
     // Channels-last 2D weights and frames: oneDNN and cuDNN then skip a layout conversion around
