@@ -195,3 +195,23 @@ def test_bad_input_shapes_are_explained():
         net(torch.rand(1, 5, 3, 10, 12))
     with pytest.raises(ValueError, match=r"\[batch, 5, 3, height, width\]"):
         net(torch.rand(1, 3, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["iedvr-m", "edvr-m"])
+def test_split_alignment_equals_the_concatenating_one(name):
+    """The plugin's path (per-frame features with their alignment terms, then the per-window
+    half) computes what forward() does; in float64, so that only the algebra is compared."""
+    torch.manual_seed(0)
+    net = build(name, num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_extract_block=1,
+                num_enhance_block=1, num_reconstruct_block=1).double().eval()
+    # Non-zero offsets, so that the deformable sampling depends on the offset terms.
+    for module in net.modules():
+        if isinstance(module, edvr_blocks.DCNv2Pack):
+            torch.nn.init.normal_(module.conv_offset.weight, std=0.05)
+    frames = torch.rand(2, 5, 3, 16, 24, dtype=torch.float64)
+    with torch.no_grad():
+        per_frame = net.frame_features(frames.flatten(0, 1))
+        levels = [f.unflatten(0, (2, 5)) for f in per_frame]
+        split = net.reconstruct(*levels[:3], frames[:, 2], levels[3:])
+        torch.testing.assert_close(split, net(frames), rtol=1e-10, atol=1e-10)
+        assert len(per_frame) == 6 and per_frame[3].shape == per_frame[0].shape

@@ -90,12 +90,46 @@ class PCDAlignment(nn.Module):
         self.cas_dcnpack = DCNv2Pack(num_feat, num_feat, 3, 1, deformable_groups)
 
     def forward(self, nbr_feat_l: list[torch.Tensor], ref_feat_l: list[torch.Tensor]):
+        first_offsets = [self.offset_conv1[f"l{i}"](torch.cat([nbr_feat_l[i - 1], ref_feat_l[i - 1]], 1))
+                         for i in (1, 2, 3)]
+        feat = self.pyramid(nbr_feat_l, first_offsets)
+        return self.cascade(feat, self.cas_offset_conv1(torch.cat([feat, ref_feat_l[0]], dim=1)))
+
+    # Each first offset convolution reads concat(neighbour, reference), so it is the sum of a
+    # convolution of the neighbour and one of the reference. The neighbour's share depends on one
+    # frame only: the plugin computes it once per frame instead of once per (frame, window) pair,
+    # and the reference's once per window instead of once per frame of the window.
+
+    def neighbour_terms(self, nbr_feat_l: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The neighbour's share of each level's first offset convolution (l1, l2, l3)."""
+        return [F.conv2d(nbr_feat_l[i - 1], self.offset_conv1[f"l{i}"].weight[:, : nbr_feat_l[0].size(1)],
+                         padding=1) for i in (1, 2, 3)]
+
+    def reference_terms(self, ref_feat_l: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The reference's share, bias included, of each level's first offset convolution and of
+        the cascade's."""
+        channels = ref_feat_l[0].size(1)
+        terms = [F.conv2d(ref_feat_l[i - 1], self.offset_conv1[f"l{i}"].weight[:, channels:],
+                          self.offset_conv1[f"l{i}"].bias, padding=1) for i in (1, 2, 3)]
+        terms.append(F.conv2d(ref_feat_l[0], self.cas_offset_conv1.weight[:, channels:],
+                              self.cas_offset_conv1.bias, padding=1))
+        return terms
+
+    def forward_split(self, nbr_feat_l: list[torch.Tensor], nbr_terms: list[torch.Tensor],
+                      ref_terms: list[torch.Tensor]) -> torch.Tensor:
+        """forward() from the shares of neighbour_terms() and reference_terms()."""
+        feat = self.pyramid(nbr_feat_l, [n + r for n, r in zip(nbr_terms, ref_terms)])
+        cascade_weight = self.cas_offset_conv1.weight[:, : feat.size(1)]
+        return self.cascade(feat, F.conv2d(feat, cascade_weight, padding=1) + ref_terms[3])
+
+    def pyramid(self, nbr_feat_l: list[torch.Tensor], first_offsets: list[torch.Tensor]) -> torch.Tensor:
+        """Coarse to fine: each level's offsets from its first offset convolution's output (before
+        the activation) and the coarser level's offsets; the neighbour aligned at l1."""
         upsampled_offset = upsampled_feat = None
         feat = nbr_feat_l[0]
         for i in range(3, 0, -1):
             level = f"l{i}"
-            offset = torch.cat([nbr_feat_l[i - 1], ref_feat_l[i - 1]], dim=1)
-            offset = leaky_relu(self.offset_conv1[level](offset))
+            offset = leaky_relu(first_offsets[i - 1])
             if i == 3:
                 offset = leaky_relu(self.offset_conv2[level](offset))
             else:
@@ -109,8 +143,10 @@ class PCDAlignment(nn.Module):
                 # Offsets are in pixels of their level: twice as many at the next finer one.
                 upsampled_offset = upsample2(offset) * 2
                 upsampled_feat = upsample2(feat)
-        offset = torch.cat([feat, ref_feat_l[0]], dim=1)
-        offset = leaky_relu(self.cas_offset_conv2(leaky_relu(self.cas_offset_conv1(offset))))
+        return feat
+
+    def cascade(self, feat: torch.Tensor, first_offset: torch.Tensor) -> torch.Tensor:
+        offset = leaky_relu(self.cas_offset_conv2(leaky_relu(first_offset)))
         return leaky_relu(self.cas_dcnpack(feat, offset))
 
 

@@ -74,8 +74,11 @@ class PaddedNetwork(nn.Module):
     Besides `forward` (a window of frames in, the upscaled centre frame out), the model file holds
     the network's two halves, so that the plugin extracts each input frame's features once and
     reuses them in the 2N+1 windows that contain the frame:
-        features(frames [N, 3, H, W]) -> (l1, l2, l3), the pyramid of each frame, padded;
-        upscale(l1, l2, l3 [B, T, C, h, w], centre [B, 3, H, W]) -> [B, 3, H*s, W*s].
+        features(frames [N, 3, H, W]) -> (l1, l2, l3, t1, t2, t3): the pyramid of each frame,
+            padded, and the frame's share of each level's first alignment convolution;
+        upscale(l1, l2, l3, t1, t2, t3 [B, T, C, h, w], centre [B, 3, H, W]) -> [B, 3, H*s, W*s].
+    The plugin treats the features as opaque: whatever `features` returns for each frame, it
+    stacks along T and passes to `upscale` in the same order.
     """
 
     def __init__(self, network: IEDVR):
@@ -87,14 +90,15 @@ class PaddedNetwork(nn.Module):
         padded = pad_frames(frames, SIZE_MULTIPLE)
         return crop_output(self.network(padded), frames, self.scale)
 
-    def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
         padded = pad_frames(frames.unsqueeze(0), SIZE_MULTIPLE).squeeze(0)
-        return self.network.extract_features(padded)
+        return self.network.frame_features(padded)
 
-    def upscale(self, l1: torch.Tensor, l2: torch.Tensor, l3: torch.Tensor,
-                centre: torch.Tensor) -> torch.Tensor:
+    def upscale(self, l1: torch.Tensor, l2: torch.Tensor, l3: torch.Tensor, t1: torch.Tensor,
+                t2: torch.Tensor, t3: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         padded = pad_frames(centre.unsqueeze(1), SIZE_MULTIPLE).squeeze(1)
-        return crop_output(self.network.reconstruct(l1, l2, l3, padded), centre, self.scale)
+        return crop_output(self.network.reconstruct(l1, l2, l3, padded, [t1, t2, t3]), centre,
+                           self.scale)
 
 
 def metadata_for(network: IEDVR, arch: str, weights: dict) -> dict:

@@ -132,14 +132,31 @@ class IEDVR(nn.Module):
         l3 = leaky_relu(self.conv_l3_2(leaky_relu(self.conv_l3_1(l2))))
         return l1, l2, l3
 
+    def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All the per-frame work, for the plugin to do once per input frame: the pyramid (l1, l2,
+        l3), then the frame's share of each level's first alignment convolution (see
+        PCDAlignment.neighbour_terms)."""
+        levels = self.extract_features(frames)
+        return (*levels, *self.pcd_align.neighbour_terms(list(levels)))
+
     def reconstruct(self, l1: torch.Tensor, l2: torch.Tensor, l3: torch.Tensor,
-                    center_frame: torch.Tensor) -> torch.Tensor:
-        """Per-window work: pyramid features [B, T, C, h, w] of the window's frames and its centre
-        frame [B, 3, H, W] -> the upscaled centre frame."""
+                    center_frame: torch.Tensor,
+                    neighbour_terms: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-window work: pyramid features [B, T, C, h, w] of the window's frames (and, from
+        frame_features, their alignment terms, same layout) and its centre frame [B, 3, H, W] ->
+        the upscaled centre frame."""
         center = self.config.center
         reference = [l1[:, center], l2[:, center], l3[:, center]]
-        aligned = torch.stack([self.pcd_align([l1[:, i], l2[:, i], l3[:, i]], reference)
-                               for i in range(self.config.num_frame)], dim=1)
+        if neighbour_terms is None:
+            aligned = [self.pcd_align([l1[:, i], l2[:, i], l3[:, i]], reference)
+                       for i in range(self.config.num_frame)]
+        else:
+            reference_terms = self.pcd_align.reference_terms(reference)
+            aligned = [self.pcd_align.forward_split([l1[:, i], l2[:, i], l3[:, i]],
+                                                    [term[:, i] for term in neighbour_terms],
+                                                    reference_terms)
+                       for i in range(self.config.num_frame)]
+        aligned = torch.stack(aligned, dim=1)
         out = self.reconstruction(self.fusion(aligned))
         out = leaky_relu(self.pixel_shuffle(self.upconv1(out)))
         if self.config.scale == 4:

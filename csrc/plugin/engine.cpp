@@ -163,7 +163,8 @@ torch::Tensor upscale_window(IedvrEngine* engine, const torch::Tensor& window, c
                              int tile) {
   const int count = engine->info.num_frames;
   if (!engine->split) return engine->module.forward({window.unsqueeze(0)}).toTensor();
-  std::vector<torch::Tensor> levels[3];
+  // Each frame's features (as many tensors as `features` returns), stacked along T per tensor.
+  std::vector<std::vector<torch::Tensor>> per_frame;
   for (int k = 0; k < count; ++k) {
     auto features = engine->cache->find(frames[k], tile);
     if (!features) {
@@ -172,11 +173,16 @@ torch::Tensor upscale_window(IedvrEngine* engine, const torch::Tensor& window, c
       for (const auto& level : computed.toTupleRef().elements()) features->push_back(level.toTensor());
       engine->cache->insert(frames[k], tile, *features);
     }
-    for (int level = 0; level < 3; ++level) levels[level].push_back((*features)[level]);
+    per_frame.push_back(std::move(*features));
   }
-  return engine->module
-      .get_method("upscale")({torch::stack(levels[0], 1), torch::stack(levels[1], 1),
-                              torch::stack(levels[2], 1), window[count / 2].unsqueeze(0)})
+  std::vector<torch::jit::IValue> inputs;
+  for (size_t i = 0; i < per_frame[0].size(); ++i) {
+    std::vector<torch::Tensor> over_time;
+    for (const auto& features : per_frame) over_time.push_back(features[i]);
+    inputs.emplace_back(torch::stack(over_time, 1));
+  }
+  inputs.emplace_back(window[count / 2].unsqueeze(0));
+  return engine->module.get_method("upscale")(std::move(inputs))
       .toTensor();
 }
 

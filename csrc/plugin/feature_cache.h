@@ -18,7 +18,7 @@
 
 class FeatureCache {
  public:
-  using Features = std::vector<torch::Tensor>;  // the pyramid levels of one frame (or one tile)
+  using Features = std::vector<torch::Tensor>;  // what `features` returns for one frame (or tile)
 
   explicit FeatureCache(size_t capacity_frames) : capacity_(capacity_frames) {}
 
