@@ -18,7 +18,7 @@ class Engine:
 
     library = None
 
-    def __init__(self, model, share_with=None):
+    def __init__(self, model, share_with=None, device=-1, precision=0):
         if Engine.library is None:
             lib = ctypes.CDLL(str(Path(vs_iedvr.__file__).parent / "libiedvr_engine.so"))
             lib.iedvr_engine_create.restype = ctypes.c_void_p
@@ -34,7 +34,8 @@ class Engine:
             Engine.library = lib
         error = ctypes.create_string_buffer(1024)
         self.handle = self.library.iedvr_engine_create(
-            str(model).encode(), -1, 0, share_with.handle if share_with else None, error, 1024)
+            str(model).encode(), device, precision, share_with.handle if share_with else None,
+            error, 1024)
         assert self.handle, error.value.decode()
 
     def run(self, window: np.ndarray, numbers: list[int], tiling=(0, 0, 0, 0)) -> np.ndarray:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import vapoursynth as vs
 
+from devices import requires_cuda
 from vs_iedvr import model_file
 from vs_iedvr.network import IEDVR, NetworkConfig
 
@@ -125,6 +126,29 @@ def test_fp16_on_the_cpu_computes_in_bfloat16(network_and_model, frames):
     # As close to float32 as the network run eagerly in bfloat16 is, and close to that run.
     assert np.abs(out - exact).mean() < 2 * np.abs(in_bf16 - exact).mean()
     np.testing.assert_allclose(out, in_bf16, atol=3e-2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("fp16, atol", [(0, 1e-4), (1, 2e-2)])
+@pytest.mark.parametrize("num_streams", [1, 2])
+def test_cuda_frames_equal_the_eager_network(network_and_model, frames, fp16, atol, num_streams):
+    net, path = network_and_model
+    out = core.iedvr.Upscale(clip_of(frames), model=path, device_index=0, fp16=fp16,
+                             num_streams=num_streams)
+    # Several frames in flight at once, so that streams run side by side.
+    results = {n: planes(f) for n, f in enumerate(out.frames(prefetch=4))}
+    for n in range(LENGTH):
+        window = [reflect(n + k, 0, LENGTH - 1) for k in range(-2, 3)]
+        np.testing.assert_allclose(results[n], expected(net, frames, window), atol=atol)
+
+
+@requires_cuda
+def test_cuda_tiles_equal_the_cpu_tiles(network_and_model, frames):
+    _, path = network_and_model
+    tiling = {"tilesize": [8, 6], "overlap": [2, 2]}
+    cpu = core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1, **tiling)
+    cuda = core.iedvr.Upscale(clip_of(frames), model=path, device_index=0, fp16=0, **tiling)
+    np.testing.assert_allclose(planes(cuda.get_frame(3)), planes(cpu.get_frame(3)), atol=1e-4)
 
 
 def test_request_order_and_threads_do_not_change_frames(network_and_model, frames):

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU check, in one command, for a machine with an NVIDIA GPU, its own Python 3.12 with torch,
+# and no internet (the workplace's lent device machine is one). It builds vs-iedvr with its CUDA
+# kernels against that torch, runs the tests that touch the operator, the model file and the
+# plugin (the CUDA ones included), then the GPU benchmark: FP16 at 320x180 and 960x540 input, and
+# float32 at 320x180. Logs go to $OUT (default /tmp/device-check).
+#
+# Here, once (needs the package index): fetch the wheels the GPU machine lacks into .whl/
+#     benchmarks/device_check.sh --prepare
+# There (about 6 minutes on 16 cores):
+#     run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=590)
+#
+# Environment: PYTHON (default python3, the one with torch), TORCH_CUDA_ARCH_LIST (default: the
+# GPU's own), MAX_JOBS (default: all cores), FRAMES (timed frames per benchmark, default 10).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+  rm -rf .whl && mkdir -p .whl
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    -d .whl "vapoursynth>=74"
+  ls -la .whl
+  exit
+fi
+
+OUT=${OUT:-/tmp/device-check}
+PY=${PYTHON:-python3}
+VENV=/tmp/iedvr-device-venv
+FRAMES=${FRAMES:-10}
+mkdir -p "$OUT"
+step() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
+
+step "machine"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)'
+  nvcc --version | tail -1; nproc; } 2>&1 | tee -a "$OUT/summary.txt"
+
+step "venv with the machine's torch, plus VapourSynth from .whl/"
+"$PY" -m venv --system-site-packages "$VENV" || exit 1
+"$VENV/bin/python" -m pip install --quiet --no-index --no-deps .whl/*.whl || exit 1
+
+step "build (CUDA kernels for this GPU)"
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST=$("$VENV/bin/python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  export TORCH_CUDA_ARCH_LIST
+fi
+IEDVR_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VENV/bin/python" -m pip install --no-index \
+  --no-deps --no-build-isolation . >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+"$VENV/bin/vapoursynth" config >/dev/null
+(cd /tmp && "$VENV/bin/vs-iedvr" selftest) 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+
+step "tests: operator, model file, network, engine, plugin"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_dcn.py tests/test_dcn_export.py \
+  tests/test_model_file.py tests/test_network.py tests/test_feature_cache.py \
+  tests/test_block_reuse.py tests/test_plugin.py >"$OUT/tests.log" 2>&1
+tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+
+# The shipped model file was traced by a newer torch than some machines have: where it does not
+# load, an untrained network of the same architecture costs the same to run.
+MODEL=$(cd /tmp && "$VENV/bin/python" -c 'import vs_iedvr.bench as b; print(b.default_model() or "")')
+if ! (cd /tmp && "$VENV/bin/vs-iedvr" info "$MODEL" >/dev/null 2>&1); then
+  MODEL=/tmp/iedvr-m-untrained.pt
+  (cd /tmp && "$VENV/bin/vs-iedvr" export --arch iedvr-m --scale 4 --output "$MODEL" >/dev/null)
+fi
+
+bench() {
+  step "bench $*"
+  (cd /tmp && "$VENV/bin/vs-iedvr" bench --device cuda --model "$MODEL" --frames "$FRAMES" "$@") \
+    2>&1 | tee -a "$OUT/summary.txt"
+}
+bench --size 320x180 --fp16
+bench --size 960x540 --fp16
+bench --size 320x180 --no-fp16
+step "done"
