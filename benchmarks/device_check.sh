@@ -27,7 +27,6 @@ fi
 
 OUT=${OUT:-/tmp/device-check}
 PY=${PYTHON:-python3}
-VENV=/tmp/iedvr-device-venv
 FRAMES=${FRAMES:-10}
 mkdir -p "$OUT"
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
@@ -37,37 +36,39 @@ step "machine"
   "$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)'
   nvcc --version | tail -1; nproc; } 2>&1 | tee -a "$OUT/summary.txt"
 
-step "venv with the machine's torch, plus VapourSynth from .whl/"
-"$PY" -m venv --system-site-packages "$VENV" || exit 1
-"$VENV/bin/python" -m pip install --quiet --no-index --no-deps .whl/*.whl || exit 1
-
-step "build (CUDA kernels for this GPU)"
+# Straight into the environment that holds torch (the machine is thrown away afterwards): the
+# extensions' RUNPATH finds libtorch beside them in the same site-packages, as in a user's venv.
+# (A venv on top of a venv would not see the outer one's torch.)
+step "VapourSynth from .whl/, then vs-iedvr with CUDA kernels for this GPU"
+"$PY" -m pip install --quiet --no-index --no-deps .whl/*.whl || exit 1
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  TORCH_CUDA_ARCH_LIST=$("$VENV/bin/python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
   export TORCH_CUDA_ARCH_LIST
 fi
-IEDVR_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VENV/bin/python" -m pip install --no-index \
-  --no-deps --no-build-isolation . >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-"$VENV/bin/vapoursynth" config >/dev/null
-(cd /tmp && "$VENV/bin/vs-iedvr" selftest) 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+IEDVR_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip install --no-index --no-deps \
+  --no-build-isolation . >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+BIN=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+"$BIN/vapoursynth" config >/dev/null
+(cd /tmp && "$BIN/vs-iedvr" selftest) 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
 
 step "tests: operator, model file, network, engine, plugin"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_dcn.py tests/test_dcn_export.py \
+# -P: the repository root must not shadow the installed package (the source tree has no .so).
+"$PY" -P -m pytest -q -p no:cacheprovider tests/test_dcn.py tests/test_dcn_export.py \
   tests/test_model_file.py tests/test_network.py tests/test_feature_cache.py \
   tests/test_block_reuse.py tests/test_plugin.py >"$OUT/tests.log" 2>&1
 tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 
 # The shipped model file was traced by a newer torch than some machines have: where it does not
 # load, an untrained network of the same architecture costs the same to run.
-MODEL=$(cd /tmp && "$VENV/bin/python" -c 'import vs_iedvr.bench as b; print(b.default_model() or "")')
-if ! (cd /tmp && "$VENV/bin/vs-iedvr" info "$MODEL" >/dev/null 2>&1); then
+MODEL=$(cd /tmp && "$PY" -c 'import vs_iedvr.bench as b; print(b.default_model() or "")')
+if ! (cd /tmp && "$PY" -c "from vs_iedvr import model_file; model_file.load_model('$MODEL')" 2>/dev/null); then
   MODEL=/tmp/iedvr-m-untrained.pt
-  (cd /tmp && "$VENV/bin/vs-iedvr" export --arch iedvr-m --scale 4 --output "$MODEL" >/dev/null)
+  (cd /tmp && "$BIN/vs-iedvr" export --arch iedvr-m --scale 4 --output "$MODEL" >/dev/null)
 fi
 
 bench() {
   step "bench $*"
-  (cd /tmp && "$VENV/bin/vs-iedvr" bench --device cuda --model "$MODEL" --frames "$FRAMES" "$@") \
+  (cd /tmp && "$BIN/vs-iedvr" bench --device cuda --model "$MODEL" --frames "$FRAMES" "$@") \
     2>&1 | tee -a "$OUT/summary.txt"
 }
 bench --size 320x180 --fp16
