@@ -1,7 +1,8 @@
 // Large CPU blocks that the engine allocates are kept and handed out again instead of going back
 // to the system. glibc serves big allocations with fresh mmap()s, so each of the hundreds of
 // feature maps of a frame (up to 236 MB at 320x180 x4) would cost page faults and the kernel
-// zeroing its pages anew, every frame: about a third of the CPU time of a frame, measured.
+// zeroing its pages anew, every frame: nearly half of the CPU time of a frame at 320x180
+// (8.93 s per frame before, 4.79 s after).
 // The network's shapes repeat from frame to frame, so blocks of the exact same size come back.
 //
 // Only allocations made on a thread inside a BlockReuse::Scope are reused, so that other users of
