@@ -96,7 +96,8 @@ def run_pipeline(args) -> dict:
     import vapoursynth as vs
 
     device = torch.device(args.device)
-    clip = source_clip(args.width, args.height, args.frames + 1)
+    # Longer than the timed frames: the callback's shifted clips need more frames than a window.
+    clip = source_clip(args.width, args.height, args.frames + 8)
     if args.pipeline == "plugin":
         device_index = (device.index or 0) if device.type == "cuda" else -1
         out = vs.core.iedvr.Upscale(clip, model=args.model, device_index=device_index,
@@ -158,10 +159,12 @@ def median_time(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def flops_per_output_frame(model_path: str, width: int, height: int) -> tuple[int, int]:
-    """(whole window through the network, one frame's features + one window's second half)."""
-    model, metadata = model_file.load_model(model_path)
-    frames = torch.zeros(1, metadata["num_frames"], 3, height, width)
+def flops_per_output_frame(model_path: str, width: int, height: int,
+                           device: torch.device) -> tuple[int, int]:
+    """(whole window through the network, one frame's features + one window's second half),
+    counted by running the model once on `device`."""
+    model, metadata = model_file.load_model(model_path, device)
+    frames = torch.zeros(1, metadata["num_frames"], 3, height, width, device=device)
     whole = count_flops(lambda: model(frames))
     features = count_flops(lambda: model.features(frames[0, :1]))
     levels = [level.unflatten(0, (1, -1)).expand(1, frames.shape[1], *level.shape[1:]).contiguous()
@@ -192,7 +195,7 @@ def bench(args) -> int:
             model = Path(folder) / "iedvr-m.pt"
             model_file.export_model(network.build("iedvr-m"), model, "iedvr-m")
         metadata = model_file.read_metadata(model)
-        whole, cached = flops_per_output_frame(str(model), width, height)
+        whole, cached = flops_per_output_frame(str(model), width, height, device)
         dtype = sixteen_bit(device) if fp16 else torch.float32
         peak = compute_peak(device, dtype)
 

@@ -1,0 +1,35 @@
+"""`vs-iedvr bench` runs both pipelines end to end, reports the model's FLOPs as counted
+independently through the whole network, and its ratio from the medians it prints."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from vs_iedvr import model_file
+from vs_iedvr.bench import PIPELINES
+from vs_iedvr.network import build
+
+HEIGHT, WIDTH = 24, 32
+
+
+def test_bench_prints_both_pipelines_flops_and_their_ratio(tmp_path):
+    path = tmp_path / "iedvr-m.pt"
+    model_file.export_model(build("iedvr-m"), path, "iedvr-m")
+    run = subprocess.run([sys.executable, "-P", "-m", "vs_iedvr", "bench", "--size", f"{WIDTH}x{HEIGHT}",
+                          "--frames", "2", "--device", "cpu", "--model", str(path)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+
+    whole, cached = map(float, re.search(r"([\d.]+) G for a whole window, ([\d.]+) G with", out).groups())
+    model, metadata = model_file.load_model(path)
+    assert whole == pytest.approx(model_file.flops_per_frame(model, metadata, HEIGHT, WIDTH) / 1e9, abs=0.05)
+    # Caching skips the features of 4 of the 5 frames, and more than nothing besides.
+    assert 0.5 * whole < cached < 0.8 * whole
+
+    seconds = {name: float(re.search(rf"{re.escape(label)}\s+([\d.]+)\s", out).group(1))
+               for name, label in PIPELINES.items()}
+    ratio = float(re.search(r"plugin / Python callback: ([\d.]+)x", out).group(1))
+    assert ratio == pytest.approx(seconds["python"] / seconds["plugin"], rel=0.1)
