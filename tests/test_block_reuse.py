@@ -7,21 +7,16 @@ import pytest
 import torch
 
 from engine_library import Engine, block_counts
-from vs_iedvr import model_file
-from vs_iedvr.network import IEDVR, NetworkConfig
+from small_network import export_small_network
 
-SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
-                      num_enhance_block=1, num_reconstruct_block=2)
 # The x4 side's 64-channel maps are 10 MB here: well above the 1 MiB below which malloc is kept.
 LENGTH, HEIGHT, WIDTH = 12, 40, 64
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = IEDVR(SMALL).eval()
     path = tmp_path_factory.mktemp("reuse") / "small.pt"
-    model_file.export_model(net, path, "small")
+    net = export_small_network(path)
     video = torch.rand(LENGTH, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1)).numpy()
     return net, path, video
 

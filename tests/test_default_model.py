@@ -5,7 +5,6 @@ held out of training)."""
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import vapoursynth as vs
 

@@ -9,12 +9,11 @@ import torch
 import vapoursynth as vs
 
 from engine_library import Engine
+from small_network import SMALL
 from vs_iedvr import model_file
-from vs_iedvr.network import IEDVR, NetworkConfig
+from vs_iedvr.network import IEDVR
 
 core = vs.core
-SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
-                      num_enhance_block=1, num_reconstruct_block=2)
 LENGTH, HEIGHT, WIDTH = 9, 12, 17
 
 

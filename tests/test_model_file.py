@@ -9,20 +9,16 @@ import pytest
 import torch
 
 import vs_iedvr
+from small_network import SMALL, export_small_network
 from vs_iedvr import model_file
-from vs_iedvr.network import IEDVR, NetworkConfig, build
+from vs_iedvr.network import IEDVR
 
-SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
-                      num_enhance_block=1, num_reconstruct_block=2)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    net = IEDVR(SMALL).eval()
     path = tmp_path_factory.mktemp("model") / "small.pt"
-    model_file.export_model(net, path, "iedvr-small", {"source": "test"})
-    return net, path
+    return export_small_network(path, "iedvr-small", {"source": "test"}), path
 
 
 @pytest.mark.parametrize("height, width", [(32, 48), (36, 44), (17, 23), (5, 7), (64, 20)])

@@ -14,22 +14,18 @@ import torch
 import vapoursynth as vs
 
 from devices import requires_cuda
+from small_network import SMALL, export_small_network
 from vs_iedvr import model_file
-from vs_iedvr.network import IEDVR, NetworkConfig
+from vs_iedvr.network import IEDVR
 
 core = vs.core
-SMALL = NetworkConfig(num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_rigid_keep=1,
-                      num_enhance_block=1, num_reconstruct_block=2)
 LENGTH, HEIGHT, WIDTH = 7, 10, 13
 
 
 @pytest.fixture(scope="module")
 def network_and_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = IEDVR(SMALL).eval()
     path = tmp_path_factory.mktemp("plugin") / "small.pt"
-    model_file.export_model(net, path, "small")
-    return net, str(path)
+    return export_small_network(path), str(path)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from vs_iedvr.loss import charbonnier_loss
 from vs_iedvr.network import build
 
 from .data import WindowDataset, find_sources, split_validation
-from .metrics import psnr, rgb_to_y, ssim
+from .metrics import psnr, ssim
 
 OFFSET_WARNING = 50.0
 
