@@ -124,8 +124,9 @@ def test_fp16_on_the_cpu_computes_in_bfloat16(network_and_model, frames):
     np.testing.assert_allclose(out, in_bf16, atol=3e-2)
 
 
+# float32 on CUDA: cuDNN may run its convolutions in TF32 (torch's default), hence 5e-3.
 @requires_cuda
-@pytest.mark.parametrize("fp16, atol", [(0, 1e-4), (1, 2e-2)])
+@pytest.mark.parametrize("fp16, atol", [(0, 5e-3), (1, 2e-2)])
 @pytest.mark.parametrize("num_streams", [1, 2])
 def test_cuda_frames_equal_the_eager_network(network_and_model, frames, fp16, atol, num_streams):
     net, path = network_and_model
@@ -144,7 +145,7 @@ def test_cuda_tiles_equal_the_cpu_tiles(network_and_model, frames):
     tiling = {"tilesize": [8, 6], "overlap": [2, 2]}
     cpu = core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1, **tiling)
     cuda = core.iedvr.Upscale(clip_of(frames), model=path, device_index=0, fp16=0, **tiling)
-    np.testing.assert_allclose(planes(cuda.get_frame(3)), planes(cpu.get_frame(3)), atol=1e-4)
+    np.testing.assert_allclose(planes(cuda.get_frame(3)), planes(cpu.get_frame(3)), atol=5e-3)
 
 
 def test_request_order_and_threads_do_not_change_frames(network_and_model, frames):
