@@ -9,9 +9,8 @@ import torch
 import vapoursynth as vs
 
 from engine_library import Engine
-from small_network import SMALL
+from small_network import export_small_network
 from vs_iedvr import model_file
-from vs_iedvr.network import IEDVR
 
 core = vs.core
 LENGTH, HEIGHT, WIDTH = 9, 12, 17
@@ -27,10 +26,8 @@ def window_numbers(n):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.manual_seed(0)
-    net = IEDVR(SMALL).eval()
     folder = tmp_path_factory.mktemp("cache")
-    model_file.export_model(net, folder / "split.pt", "small")
+    net = export_small_network(folder / "split.pt")
     # The same network as a model file with `forward` only (no per-frame half): whole windows.
     with torch.no_grad(), model_file.without_torchscript_deprecation():
         traced = torch.jit.trace(model_file.PaddedNetwork(net), torch.rand(1, 5, 3, 8, 8),
