@@ -101,3 +101,34 @@ def test_filter_output_equals_the_eager_network_in_any_order(setup):
         with torch.no_grad():
             want = model_file.PaddedNetwork(net)(torch.from_numpy(frames[window_numbers(n)])[None])[0]
         np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+class PyramidOnlyNetwork(model_file.PaddedNetwork):
+    """The model files of earlier versions: `features` returns the three pyramid levels only, and
+    `upscale` aligns from them with the concatenating convolutions."""
+
+    def features(self, frames):
+        padded = model_file.pad_frames(frames.unsqueeze(0), 4).squeeze(0)
+        return self.network.extract_features(padded)
+
+    def upscale(self, l1, l2, l3, centre):
+        padded = model_file.pad_frames(centre.unsqueeze(1), 4).squeeze(1)
+        return model_file.crop_output(self.network.reconstruct(l1, l2, l3, padded), centre, self.scale)
+
+
+def test_model_files_with_three_feature_tensors_still_run(setup, tmp_path):
+    net, split, _, frames = setup
+    wrapper = PyramidOnlyNetwork(net)
+    example = torch.rand(5, 3, 8, 8)
+    with torch.no_grad(), model_file.without_torchscript_deprecation():
+        levels = [level.unsqueeze(0).expand(1, 5, *level.shape[1:]) for level in wrapper.features(example[:1])]
+        traced = torch.jit.trace_module(wrapper, {"features": (example[:1],),
+                                                  "upscale": (*levels, example[2:3])}, check_trace=False)
+        torch.jit.save(traced, str(tmp_path / "old.pt"), _extra_files={
+            model_file.METADATA_ENTRY: __import__("json").dumps(model_file.read_metadata(split))})
+    old, new = Engine(tmp_path / "old.pt"), Engine(split)
+    for n in (0, 4):
+        numbers = window_numbers(n)
+        np.testing.assert_allclose(old.run(frames[numbers], numbers), new.run(frames[numbers], numbers),
+                                   atol=1e-5)
+    assert old.counts()[0] == len(set(window_numbers(0) + window_numbers(4)))  # cached, per frame
