@@ -39,6 +39,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         elif config_field.name == "network":
             parser.add_argument(option, nargs="*", type=parse_assignment, default=[],
                                 help="changes to the network preset, NAME=VALUE")
+        elif config_field.name == "init":
+            parser.add_argument(option, default="",
+                                help="warm start: a model file (the shipped default.pt too), a "
+                                     "vs-iedvr checkpoint or a BasicSR checkpoint; tensors whose "
+                                     "names and shapes match are loaded, the optimiser starts "
+                                     "fresh (ignored when OUT_DIR/last.pt resumes a run)")
         elif isinstance(default, bool):
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default)
         else:

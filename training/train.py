@@ -30,6 +30,7 @@ from vs_iedvr.network import build
 
 from .data import WindowDataset, find_sources, split_validation
 from .metrics import psnr, ssim
+from .warm_start import describe, read_initial_weights, warm_start
 
 OFFSET_WARNING = 50.0
 
@@ -38,6 +39,7 @@ OFFSET_WARNING = 50.0
 class TrainConfig:
     data: list[str] = field(default_factory=list)  # clip folders, video files, stills:FOLDER
     out_dir: str = "runs/iedvr"
+    init: str = ""  # warm start: a model file or checkpoint whose matching tensors are loaded
     arch: str = "iedvr-m"
     network: dict = field(default_factory=dict)  # overrides of the preset's NetworkConfig
     scale: int = 4
@@ -102,10 +104,13 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
 
 
 def save_checkpoint(path: Path, network, optimizer, scaler, step: int, best_psnr: float,
-                    config: TrainConfig) -> None:
+                    config: TrainConfig, init_steps: int) -> None:
+    """init_steps: the steps behind the --init weights, so that total_steps follows the weights
+    from run to run (and from machine to machine through the shipped model file)."""
     temporary = path.with_name(path.name + ".partial")
     torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "best_psnr": best_psnr,
+                "init_steps": init_steps, "total_steps": init_steps + step,
                 "config": dataclasses.asdict(config)}, temporary)
     os.replace(temporary, path)
 
@@ -162,6 +167,14 @@ def train(config: TrainConfig) -> Path:
     cycle = config.restart_every or max(1, dataset.pass_length() // (config.batch_size * world))
 
     # -- model, optimiser, precision -------------------------------------------------------------
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    init_steps = 0
+    if config.init and not last_path.exists():  # a resume takes its weights from last.pt
+        initial = read_initial_weights(config.init)
+        report = warm_start(network, initial)
+        init_steps = initial.steps
+        if master:
+            print(describe(report, config.init), flush=True)
     network = network.to(device)
     if config.channels_last:  # 2D convolutions only; Module.to() refuses the 3D ones' 5D weights
         for parameter in network.parameters():
@@ -174,13 +187,13 @@ def train(config: TrainConfig) -> Path:
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     step, best_psnr = 0, -math.inf
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():  # resume exactly where the last checkpoint was written
         state = torch.load(last_path, map_location=device, weights_only=False)
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, best_psnr = state["step"], state["best_psnr"]
+        init_steps = state.get("init_steps", 0)
     model = DistributedDataParallel(network) if distributed else network
 
     # Sample i of step s is sample (s * world + rank) * batch + i of the dataset: every process
@@ -245,7 +258,8 @@ def train(config: TrainConfig) -> Path:
                 val_psnr, val_ssim = validate(network, validation, device, autocast)
                 if val_psnr > best_psnr:
                     best_psnr = val_psnr
-                    save_checkpoint(best_path, network, optimizer, scaler, step, best_psnr, config)
+                    save_checkpoint(best_path, network, optimizer, scaler, step, best_psnr, config,
+                                    init_steps)
             print(f"step {step}/{config.iterations} loss {mean_loss:.5f} lr {lr:.2e} "
                   f"offsets {offsets:.2f} {rate:.2f} it/s, {left / 3600:.1f} h left"
                   + (f", val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}" if val_psnr != "" else ""),
@@ -261,7 +275,7 @@ def train(config: TrainConfig) -> Path:
                         tensorboard.add_scalar(name, value, step)
             window_start, window_losses = time.time(), []
         if master and (step % config.checkpoint_every == 0 or step == config.iterations):
-            save_checkpoint(last_path, network, optimizer, scaler, step, best_psnr, config)
+            save_checkpoint(last_path, network, optimizer, scaler, step, best_psnr, config, init_steps)
 
     # -- the result: the plugin's model file -----------------------------------------------------
     model_path = out_dir / "model.pt"
@@ -272,8 +286,11 @@ def train(config: TrainConfig) -> Path:
         weights = best_path if best_path.exists() else last_path
         final = build(config.arch, scale=config.scale, **config.network)
         provenance = model_file.load_weights(final, weights)
+        weights_step = provenance.get("training", {}).get("step") or 0
         provenance["training"] = {"data": config.data, "degradation": config.degradation,
                                   "iterations": config.iterations, "arch": config.arch,
+                                  "init": config.init or None, "step": weights_step,
+                                  "total_steps": init_steps + weights_step,
                                   "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
         model_file.export_model(final, model_path, config.arch, provenance)
     if distributed:

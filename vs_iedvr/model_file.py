@@ -207,6 +207,7 @@ def load_weights(network: IEDVR, path) -> dict:
     if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
         best = state_file.get("best_psnr")
         provenance["training"] = {"step": state_file.get("step"),
+                                  "total_steps": state_file.get("total_steps", state_file.get("step")),
                                   "best_val_psnr_y": best if best is not None and math.isfinite(best) else None,
                                   "config": state_file["config"]}
     return provenance

@@ -1,0 +1,92 @@
+"""--init: a training run starts from a model file, one of our checkpoints or a BasicSR
+checkpoint; matching tensors are loaded, the rest stays fresh and is listed."""
+
+import pytest
+import torch
+
+from vs_iedvr import model_file
+from vs_iedvr.network import build
+from vs_iedvr.training.warm_start import describe, read_initial_weights, warm_start
+
+from test_training import TINY_NETWORK, dataset_root, tiny_config  # noqa: F401 (fixture)
+from vs_iedvr.training.train import train
+
+
+def seeded(seed, **changes):
+    torch.manual_seed(seed)
+    return build("iedvr-m", **{**TINY_NETWORK, **changes}).eval()
+
+
+def assert_same_weights(a, b, skip=()):
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        if not any(name.startswith(s) for s in skip):
+            assert torch.equal(x, y), name
+
+
+def test_model_file_weights_are_loaded(tmp_path):
+    source = seeded(1)
+    model_file.export_model(source, tmp_path / "m.pt", "iedvr-m",
+                            {"source": "test", "training": {"step": 123}})
+    initial = read_initial_weights(tmp_path / "m.pt")
+    assert (initial.kind, initial.steps) == ("model file", 123)
+    target = seeded(2)
+    report = warm_start(target, initial)
+    assert not report.missing and not report.reshaped and not report.unused
+    assert_same_weights(target, source)
+
+
+def test_basicsr_checkpoint_and_other_scale(tmp_path):
+    source = seeded(1)  # x4
+    torch.save({"params_ema": source.state_dict()}, tmp_path / "basicsr.pth")
+    target = seeded(2, scale=2)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    report = warm_start(target, read_initial_weights(tmp_path / "basicsr.pth"))
+    # The x2 network lacks the second pixel-shuffle stage: everything else comes from the x4 one.
+    assert report.loaded and (report.missing or report.unused or report.reshaped)
+    own = target.state_dict()
+    for name in report.loaded:
+        assert torch.equal(own[name], source.state_dict()[name])
+    for name in report.missing + report.reshaped:
+        assert torch.equal(own[name], fresh[name])
+    assert "tensors loaded" in describe(report, "basicsr.pth")
+
+
+def test_nothing_matching_is_an_error(tmp_path):
+    torch.save({"params": {"foo.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="no tensor"):
+        warm_start(seeded(0), read_initial_weights(tmp_path / "other.pth"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="--init"):
+        read_initial_weights(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_initial_weights(tmp_path / "missing.pt")
+
+
+def test_init_from_our_checkpoint_continues_the_step_count(dataset_root, tmp_path):  # noqa: F811
+    first = train(tiny_config(dataset_root, tmp_path / "first", iterations=6, checkpoint_every=6))
+    assert model_file.read_metadata(first)["weights"]["training"]["total_steps"] == 6
+    # From the checkpoint: the weights are those of the first run at the start of the second.
+    initial = read_initial_weights(tmp_path / "first" / "last.pt")
+    assert (initial.kind, initial.steps) == ("vs-iedvr checkpoint", 6)
+    second = train(tiny_config(dataset_root, tmp_path / "second", iterations=4, checkpoint_every=4,
+                               validate_every=100, init=str(first)))
+    training = model_file.read_metadata(second)["weights"]["training"]
+    assert training["init"] == str(first) and training["total_steps"] == 6 + 4
+
+
+def test_the_shipped_model_warm_starts_x4_and_x2():
+    from pathlib import Path
+
+    import vs_iedvr
+
+    shipped = Path(vs_iedvr.__file__).parent / "models" / "default.pt"
+    initial = read_initial_weights(shipped)
+    assert initial.steps > 0
+    x4 = build("iedvr-m", scale=4)
+    assert not warm_start(x4, initial).missing
+    model, _ = model_file.load_model(shipped)
+    frames = torch.rand(1, 5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(x4.eval()(frames), model(frames), atol=1e-5)
+    report = warm_start(build("iedvr-m", scale=2), initial)
+    assert report.loaded and all(n.startswith("upconv2") for n in report.unused)
