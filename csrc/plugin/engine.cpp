@@ -37,14 +37,52 @@ void load_operator_library() {
   }
 }
 
-// The metadata is small, flat where we read it, and written by our own exporter.
-int metadata_int(const std::string& json, const std::string& key) {
+// The format versions this engine reads (model_file.FORMAT_VERSION on the Python side).
+constexpr int64_t kKnownFormatVersion = 1;
+
+// The metadata is small, flat where we read it, and written by our own exporter. Model files come
+// from other people: an integer out of [low, high] is reported with the field's name and value.
+// The top level of a JSON object: nested objects and arrays (and the strings inside them)
+// removed, so that a key is found where the engine reads it, not in the copy nested in "config".
+std::string top_level(const std::string& json) {
+  std::string kept;
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : json) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+      if (depth > 1) continue;
+    } else if (c == '}' || c == ']') {
+      --depth;
+      if (depth >= 1) continue;
+    }
+    if (depth <= 1) kept += c;
+  }
+  return kept;
+}
+
+int metadata_int(const std::string& metadata, const std::string& key, int64_t low, int64_t high) {
+  const std::string json = top_level(metadata);
   const std::regex pattern("\"" + key + "\"\\s*:\\s*(-?[0-9]+)");
   std::smatch match;
   if (!std::regex_search(json, match, pattern)) {
-    throw std::runtime_error("the model's metadata has no \"" + key + "\"");
+    throw std::runtime_error("its metadata has no integer \"" + key + "\"");
   }
-  return std::stoi(match[1]);
+  const std::string digits = match[1];
+  // More than 18 digits cannot be in any range we accept (and would overflow stoll).
+  const bool in_range = digits.size() <= 18 && std::stoll(digits) >= low && std::stoll(digits) <= high;
+  if (!in_range) {
+    throw std::runtime_error("its metadata field \"" + key + "\" is " + digits.substr(0, 24) +
+                             (digits.size() > 24 ? "..." : "") + "; expected an integer from " +
+                             std::to_string(low) + " to " + std::to_string(high));
+  }
+  return static_cast<int>(std::stoll(digits));
 }
 
 }  // namespace
@@ -89,8 +127,19 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
                                          "export one with `vs-iedvr export`");
       return nullptr;
     }
-    engine->info.scale = metadata_int(metadata, "scale");
-    engine->info.num_frames = metadata_int(metadata, "num_frames");
+    const int64_t version = metadata_int(metadata, "format_version", 1, 1 << 30);
+    if (version > kKnownFormatVersion) {
+      throw std::runtime_error("it has format version " + std::to_string(version) +
+                               "; this vs-iedvr reads up to " + std::to_string(kKnownFormatVersion) +
+                               ": upgrade vs-iedvr");
+    }
+    engine->info.scale = metadata_int(metadata, "scale", 1, 8);
+    engine->info.num_frames = metadata_int(metadata, "num_frames", 1, 15);
+    if (engine->info.num_frames % 2 == 0) {
+      throw std::runtime_error("its metadata field \"num_frames\" is " +
+                               std::to_string(engine->info.num_frames) +
+                               "; expected an odd number (the centre frame and as many on each side)");
+    }
     engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
     engine->module.eval();
     // 16-bit inference: float16 on CUDA; bfloat16 on the CPU, whose AVX512-BF16 and AMX units

@@ -126,14 +126,16 @@ struct UpscaleData {
   bool scene_change = true;
 };
 
-// Index `i` folded into [first, last] by reflection about the ends (or clamping to them).
-int fold(int i, int first, int last, Border border) {
-  if (first == last) return first;
-  if (border == Border::replicate) return std::clamp(i, first, last);
-  const int period = 2 * (last - first);
-  int offset = (i - first) % period;
+// Index `i` folded into [first, last] by reflection about the ends (or clamping to them). 64-bit:
+// clips can be up to INT_MAX frames long (std.Loop), so n + radius and 2 * (last - first)
+// overflow an int.
+int fold(int64_t i, int64_t first, int64_t last, Border border) {
+  if (first == last) return static_cast<int>(first);
+  if (border == Border::replicate) return static_cast<int>(std::clamp(i, first, last));
+  const int64_t period = 2 * (last - first);
+  int64_t offset = (i - first) % period;
   if (offset < 0) offset += period;
-  return first + (offset <= last - first ? offset : period - offset);
+  return static_cast<int>(first + (offset <= last - first ? offset : period - offset));
 }
 
 bool has_property(const VSAPI* vsapi, const VSFrame* frame, const char* key) {
@@ -154,7 +156,7 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   const int radius = d->model.num_frames / 2, last = d->in_vi.numFrames - 1;
   if (reason == arInitial) {
     for (int k = -radius; k <= radius; ++k) {
-      vsapi->requestFrameFilter(fold(n + k, 0, last, d->border), d->node, context);
+      vsapi->requestFrameFilter(fold(int64_t{n} + k, 0, last, d->border), d->node, context);
     }
     return nullptr;
   }
@@ -162,12 +164,13 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
 
   std::map<int, const VSFrame*> frames;
   for (int k = -radius; k <= radius; ++k) {
-    const int index = fold(n + k, 0, last, d->border);
+    const int index = fold(int64_t{n} + k, 0, last, d->border);
     if (!frames.count(index)) frames[index] = vsapi->getFrameFilter(index, d->node, context);
   }
   // The shot that frame n belongs to, within the window: neighbours past a cut are treated as
   // past the clip's end.
-  int shot_start = std::max(0, n - radius), shot_end = std::min(last, n + radius);
+  int shot_start = static_cast<int>(std::max<int64_t>(0, int64_t{n} - radius));
+  int shot_end = static_cast<int>(std::min<int64_t>(last, int64_t{n} + radius));
   if (d->scene_change) {
     for (int i = n; i > shot_start; --i) {
       if (has_property(vsapi, frames[i], "_SceneChangePrev") ||
@@ -191,7 +194,7 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   std::vector<int> window_frames(d->model.num_frames);
   for (int k = -radius; k <= radius; ++k) {
     // Folding into the shot applies the border rule at cuts and at the clip's ends alike.
-    const int index = fold(n + k, shot_start, shot_end, d->border);
+    const int index = fold(int64_t{n} + k, shot_start, shot_end, d->border);
     window_frames[k + radius] = index;
     for (int plane = 0; plane < 3; ++plane) {
       copy_plane_in(vsapi, frames[index], plane, bytes,
@@ -261,8 +264,15 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     }
   } else {
     model_path = model;
-    if (!std::filesystem::is_regular_file(model_path)) {
+    std::error_code status_error;
+    const auto status = std::filesystem::status(model_path, status_error);
+    if (!std::filesystem::exists(status)) {
       return fail("model file \"" + model_path + "\" does not exist");
+    }
+    if (!std::filesystem::is_regular_file(status)) {
+      return fail("model \"" + model_path + "\" is " +
+                  (std::filesystem::is_directory(status) ? "a directory" : "not a regular file") +
+                  "; expected a model file from `vs-iedvr export`");
     }
   }
   const int device = static_cast<int>(vsapi->mapGetIntSaturated(in, "device_index", 0, &error));
@@ -292,14 +302,17 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     d->tiling.tile_height = vsapi->mapGetIntSaturated(in, "tilesize", tile_values - 1, nullptr);
     const int overlap_values = vsapi->mapNumElements(in, "overlap");
     if (overlap_values > 2) return fail("overlap must have 1 or 2 values (x, y)");
-    d->tiling.overlap_x = overlap_values > 0 ? vsapi->mapGetIntSaturated(in, "overlap", 0, nullptr) : 8;
-    d->tiling.overlap_y = overlap_values > 0
-                              ? vsapi->mapGetIntSaturated(in, "overlap", overlap_values - 1, nullptr)
-                              : 8;
     if (d->tiling.tile_width < 8 || d->tiling.tile_height < 8) {
       return fail("tilesize must be at least 8 input pixels, got " +
                   std::to_string(d->tiling.tile_width) + "x" + std::to_string(d->tiling.tile_height));
     }
+    // Without overlap=: 8 pixels, or less for small tiles (under half the tile, as required).
+    const auto default_overlap = [](int tile) { return std::min(8, (tile - 1) / 2); };
+    d->tiling.overlap_x = overlap_values > 0 ? vsapi->mapGetIntSaturated(in, "overlap", 0, nullptr)
+                                             : default_overlap(d->tiling.tile_width);
+    d->tiling.overlap_y = overlap_values > 0
+                              ? vsapi->mapGetIntSaturated(in, "overlap", overlap_values - 1, nullptr)
+                              : default_overlap(d->tiling.tile_height);
     if (d->tiling.overlap_x < 0 || d->tiling.overlap_y < 0 ||
         2 * d->tiling.overlap_x >= d->tiling.tile_width ||
         2 * d->tiling.overlap_y >= d->tiling.tile_height) {
