@@ -106,11 +106,13 @@ def test_training_checkpoint_provenance(tmp_path):
                 "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}, checkpoint)
     provenance = model_file.load_weights(IEDVR(SMALL), checkpoint)
     assert provenance["state_dict_key"] == "model"
-    assert provenance["training"] == {"step": 1234, "best_val_psnr_y": 31.5,
+    # Without a warm start, the checkpoint's own steps are all the steps behind its weights.
+    assert provenance["training"] == {"step": 1234, "total_steps": 1234, "best_val_psnr_y": 31.5,
                                       "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}
-    torch.save({"model": net.state_dict(), "step": 0, "best_psnr": float("-inf"), "config": {}},
-               checkpoint)
-    assert model_file.load_weights(IEDVR(SMALL), checkpoint)["training"]["best_val_psnr_y"] is None
+    torch.save({"model": net.state_dict(), "step": 0, "best_psnr": float("-inf"), "config": {},
+                "total_steps": 6500}, checkpoint)
+    training = model_file.load_weights(IEDVR(SMALL), checkpoint)["training"]
+    assert training["best_val_psnr_y"] is None and training["total_steps"] == 6500
 
 
 def test_metadata(exported):

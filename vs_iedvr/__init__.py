@@ -6,11 +6,19 @@ Importing the package loads the compiled operators (torch.ops.iedvr.*).
 from .ops import modulated_deform_conv2d
 
 
-def upscale(clip, **arguments):
-    """core.iedvr.Upscale for clips of any YUV or RGB format: see vs_iedvr/any_format.py."""
-    from .any_format import upscale as upscale_any_format  # imports vapoursynth only when used
+def upscale(clip, model=None, scale=None, device_index=None, fp16=None, num_streams=None,
+            tilesize=None, overlap=None, border=None, scene_change=None, matrix=None,
+            scene_detect=False, sc_threshold=0.1):
+    """core.iedvr.Upscale for clips of any YUV or RGB format, with the filter's arguments (None:
+    the filter's default) and optional scene-cut detection: see vs_iedvr/any_format.py."""
+    # Written out rather than **arguments so that help() and inspect show the arguments without
+    # importing vapoursynth, which is imported only when upscale is called.
+    from .any_format import upscale as upscale_any_format
 
-    return upscale_any_format(clip, **arguments)
+    return upscale_any_format(clip, model=model, scale=scale, device_index=device_index, fp16=fp16,
+                              num_streams=num_streams, tilesize=tilesize, overlap=overlap,
+                              border=border, scene_change=scene_change, matrix=matrix,
+                              scene_detect=scene_detect, sc_threshold=sc_threshold)
 
 
 __all__ = ["modulated_deform_conv2d", "upscale"]
