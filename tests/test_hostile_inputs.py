@@ -109,3 +109,28 @@ def test_small_tiles_get_a_fitting_default_overlap(small_model):
     lines = result.stdout.splitlines()
     assert lines[0] == "OK"
     assert "overlap must be at least 0 and less than half" in lines[1] and "8x8" in lines[1]
+
+
+@pytest.mark.parametrize("format", ["RGBS", "RGBH"])
+def test_non_finite_input_is_an_error_naming_the_frame(small_model, format):
+    result = run_script("""
+        import numpy as np
+        src = core.std.BlankClip(clip, format=getattr(vs, {format}))
+        def poison(n, f):
+            out = f.copy()
+            if n == 6:
+                np.asarray(out[1])[3, 4] = np.nan
+            if n == 9:
+                np.asarray(out[2])[0, 0] = np.inf
+            return out
+        bad = core.std.ModifyFrame(src, src, poison)
+        up = core.iedvr.Upscale(bad, model={model}, device_index=-1)
+        for n in (0, 4, 6, 9):
+            check(lambda: up.get_frame(n))
+    """, model=small_model, format=format)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "OK"  # frames 0..2 are outside every poisoned window
+    assert "frame 4: input frame 6 holds NaN or infinite values (plane 1)" in lines[1]
+    assert "frame 6: input frame 6 holds NaN" in lines[2]
+    assert "frame 9: input frame" in lines[3] and "holds NaN or infinite values" in lines[3]

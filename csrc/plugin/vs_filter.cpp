@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -150,6 +151,23 @@ void copy_plane_in(const VSAPI* vsapi, const VSFrame* frame, int plane, int byte
               vsapi->getStride(frame, plane), static_cast<size_t>(width) * bytes, height);
 }
 
+// NaN or infinity anywhere in an input frame would spread over every output frame whose window
+// holds it, silently: such frames are refused instead. float16: an all-ones exponent.
+bool is_finite_plane(const uint8_t* data, int width, int height, int bytes) {
+  const size_t count = static_cast<size_t>(width) * height;
+  if (bytes == 2) {
+    const auto* half = reinterpret_cast<const uint16_t*>(data);
+    for (size_t i = 0; i < count; ++i) {
+      if ((half[i] & 0x7c00) == 0x7c00) return false;
+    }
+    return true;
+  }
+  const auto* values = reinterpret_cast<const float*>(data);
+  bool finite = true;
+  for (size_t i = 0; i < count; ++i) finite &= std::isfinite(values[i]);
+  return finite;
+}
+
 const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**,
                                        VSFrameContext* context, VSCore* core, const VSAPI* vsapi) {
   auto* d = static_cast<UpscaleData*>(instance);
@@ -197,8 +215,18 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
     const int index = fold(int64_t{n} + k, shot_start, shot_end, d->border);
     window_frames[k + radius] = index;
     for (int plane = 0; plane < 3; ++plane) {
-      copy_plane_in(vsapi, frames[index], plane, bytes,
-                    window.data() + ((k + radius) * 3 + plane) * plane_bytes, width, height);
+      uint8_t* copied = window.data() + ((k + radius) * 3 + plane) * plane_bytes;
+      copy_plane_in(vsapi, frames[index], plane, bytes, copied, width, height);
+      if (!is_finite_plane(copied, width, height, bytes)) {
+        for (auto& entry : frames) vsapi->freeFrame(entry.second);
+        vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) +
+                               ": input frame " + std::to_string(index) + " holds NaN or " +
+                               "infinite values (plane " + std::to_string(plane) +
+                               "); they would spread over the whole upscaled frame: replace them "
+                               "first").c_str(),
+                              context);
+        return nullptr;
+      }
     }
   }
   const VSFrame* centre = frames[n];
