@@ -129,10 +129,10 @@ def _detect_scene_changes(clip: vs.VideoNode, threshold: float) -> vs.VideoNode:
     previous = core.std.PlaneStats(luma, luma[0] + luma[:-1])
     following = core.std.PlaneStats(luma, luma[1:] + luma[-1])
 
-    def mark(n, frames):
-        out = frames[0].copy()
-        out.props["_SceneChangePrev"] = int(frames[0].props["PlaneStatsDiff"] > threshold)
-        out.props["_SceneChangeNext"] = int(frames[1].props["PlaneStatsDiff"] > threshold)
+    def mark(n, f):  # ModifyFrame passes n and f by name
+        out = f[0].copy()
+        out.props["_SceneChangePrev"] = int(f[0].props["PlaneStatsDiff"] > threshold)
+        out.props["_SceneChangeNext"] = int(f[1].props["PlaneStatsDiff"] > threshold)
         return out
 
     return core.std.ModifyFrame(previous, [previous, following], mark)
