@@ -134,3 +134,20 @@ def test_non_finite_input_is_an_error_naming_the_frame(small_model, format):
     assert "frame 4: input frame 6 holds NaN or infinite values (plane 1)" in lines[1]
     assert "frame 6: input frame 6 holds NaN" in lines[2]
     assert "frame 9: input frame" in lines[3] and "holds NaN or infinite values" in lines[3]
+
+
+def test_scale_selects_or_checks_the_model(small_model):
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={model}, scale=4, device_index=-1).get_frame(0))
+        check(lambda: core.iedvr.Upscale(clip, model={model}, scale=2))
+        check(lambda: core.iedvr.Upscale(clip, scale=3))
+        check(lambda: core.iedvr.Upscale(clip, scale=0))
+        print(core.iedvr.Upscale(clip, scale=4, device_index=-1).width)
+    """, model=small_model)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "OK"
+    assert "scale=2 contradicts the model file" in lines[1] and "x4" in lines[1]
+    assert "no default model for scale=3 is installed" in lines[2]
+    assert "scale must be from 1 to 8, got 0" in lines[3]
+    assert lines[4] == "128"  # the shipped x4 weights

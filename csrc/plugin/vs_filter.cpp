@@ -282,13 +282,22 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
                 "any format");
   }
   int error = 0;
+  const int64_t scale_arg = vsapi->mapGetInt(in, "scale", 0, &error);
+  const bool scale_given = !error;
+  if (scale_given && (scale_arg < 1 || scale_arg > 8)) {
+    return fail("scale must be from 1 to 8, got " + std::to_string(scale_arg));
+  }
   std::string model_path;
   const char* model = vsapi->mapGetData(in, "model", 0, &error);
   if (error) {
-    model_path = (package_folder() / "models" / "default.pt").string();
+    // The shipped weights: default.pt upscales x4, default-x<s>.pt any other scale s.
+    const int64_t scale = scale_given ? scale_arg : 4;
+    const std::string name = scale == 4 ? "default.pt" : "default-x" + std::to_string(scale) + ".pt";
+    model_path = (package_folder() / "models" / name).string();
     if (!std::filesystem::exists(model_path)) {
-      return fail("no default model is installed with this vs-iedvr; pass model=\"path/to/model.pt\" "
-                  "(export one with `vs-iedvr export`)");
+      return fail("no default model for scale=" + std::to_string(scale) +
+                  " is installed with this vs-iedvr; pass model=\"path/to/model.pt\" (export one "
+                  "with `vs-iedvr export`)");
     }
   } else {
     model_path = model;
@@ -374,6 +383,11 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     d->engines->add(engine);
   }
   library->info(d->engines->any(), &d->model);
+  if (scale_given && scale_arg != d->model.scale) {
+    return fail("scale=" + std::to_string(scale_arg) + " contradicts the model file " + model_path +
+                ", which upscales x" + std::to_string(d->model.scale) +
+                ": leave scale out, or pass a model of that scale");
+  }
 
   d->out_vi = d->in_vi;
   d->out_vi.width *= d->model.scale;
@@ -395,7 +409,7 @@ VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin* plugin, const VSPLUGINAPI
                        "Temporal video super-resolution with an improved EDVR",
                        VS_MAKE_VERSION(0, 1), VAPOURSYNTH_API_VERSION, 0, plugin);
   vspapi->registerFunction(kName,
-                           "clip:vnode;model:data:opt;device_index:int:opt;fp16:int:opt;"
+                           "clip:vnode;model:data:opt;scale:int:opt;device_index:int:opt;fp16:int:opt;"
                            "num_streams:int:opt;tilesize:int[]:opt;overlap:int[]:opt;"
                            "border:data:opt;scene_change:int:opt;",
                            "clip:vnode;", upscale_create, nullptr, plugin);
