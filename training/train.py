@@ -286,11 +286,11 @@ def train(config: TrainConfig) -> Path:
         weights = best_path if best_path.exists() else last_path
         final = build(config.arch, scale=config.scale, **config.network)
         provenance = model_file.load_weights(final, weights)
-        weights_step = provenance.get("training", {}).get("step") or 0
+        saved = provenance["training"]  # the step and total_steps of the checkpoint's weights
         provenance["training"] = {"data": config.data, "degradation": config.degradation,
                                   "iterations": config.iterations, "arch": config.arch,
-                                  "init": config.init or None, "step": weights_step,
-                                  "total_steps": init_steps + weights_step,
+                                  "init": config.init or None, "step": saved["step"],
+                                  "total_steps": saved["total_steps"],
                                   "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
         model_file.export_model(final, model_path, config.arch, provenance)
     if distributed:

@@ -40,8 +40,6 @@ void load_operator_library() {
 // The format versions this engine reads (model_file.FORMAT_VERSION on the Python side).
 constexpr int64_t kKnownFormatVersion = 1;
 
-// The metadata is small, flat where we read it, and written by our own exporter. Model files come
-// from other people: an integer out of [low, high] is reported with the field's name and value.
 // The top level of a JSON object: nested objects and arrays (and the strings inside them)
 // removed, so that a key is found where the engine reads it, not in the copy nested in "config".
 std::string top_level(const std::string& json) {
@@ -67,6 +65,8 @@ std::string top_level(const std::string& json) {
   return kept;
 }
 
+// An integer field of the metadata's top level. Model files come from other people: a value out
+// of [low, high] is reported with the field's name and value.
 int metadata_int(const std::string& metadata, const std::string& key, int64_t low, int64_t high) {
   const std::string json = top_level(metadata);
   const std::regex pattern("\"" + key + "\"\\s*:\\s*(-?[0-9]+)");
@@ -76,13 +76,13 @@ int metadata_int(const std::string& metadata, const std::string& key, int64_t lo
   }
   const std::string digits = match[1];
   // More than 18 digits cannot be in any range we accept (and would overflow stoll).
-  const bool in_range = digits.size() <= 18 && std::stoll(digits) >= low && std::stoll(digits) <= high;
-  if (!in_range) {
+  const int64_t value = digits.size() <= 18 ? std::stoll(digits) : high + 1;
+  if (value < low || value > high) {
     throw std::runtime_error("its metadata field \"" + key + "\" is " + digits.substr(0, 24) +
                              (digits.size() > 24 ? "..." : "") + "; expected an integer from " +
                              std::to_string(low) + " to " + std::to_string(high));
   }
-  return static_cast<int>(std::stoll(digits));
+  return static_cast<int>(value);
 }
 
 }  // namespace
