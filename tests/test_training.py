@@ -5,6 +5,7 @@ import csv
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,14 @@ def test_learning_rate_warms_up_and_restarts():
     assert learning_rate_at(110, config, 100) == pytest.approx(1e-3)  # restart
 
 
+def test_time_budget_anneals_once_over_the_time():
+    config = TrainConfig(learning_rate=1e-3, min_learning_rate=0.0, warmup_iterations=10)
+    assert learning_rate_at(5, config, 100, progress=0.9) == pytest.approx(6e-4)  # warming up
+    assert learning_rate_at(500, config, 100, progress=0.0) == pytest.approx(1e-3)
+    assert learning_rate_at(500, config, 100, progress=0.5) == pytest.approx(5e-4)
+    assert learning_rate_at(500, config, 100, progress=1.2) == pytest.approx(0.0)
+
+
 def tiny_config(dataset_root, out_dir, **changes):
     values = dict(data=[str(dataset_root / "clips"), f"stills:{dataset_root / 'stills'}"],
                   out_dir=str(out_dir), network=dict(TINY_NETWORK), patch_size=8, batch_size=2,
@@ -289,3 +298,28 @@ def test_offset_magnitude_is_measured():
     assert len(packs) == 4
     expected = (3 * 0.0 + 60.0) / 4  # the other packs predict zero offsets at initialisation
     assert mean_offset_magnitude(network) == pytest.approx(expected)
+
+
+def test_time_budget_stops_on_the_clock_with_timed_checkpoints(dataset_root, tmp_path):
+    weights = tmp_path / "weights"
+    # 500 steps take half a minute here: a run that ignored its budget would fail the time check.
+    config = tiny_config(dataset_root, tmp_path / "run", iterations=500, log_every=10**9,
+                         checkpoint_every=10**9, validate_every=10**9, time_budget_minutes=0.06,
+                         checkpoint_every_minutes=0.01, weights_dir=str(weights), export=False)
+    started = time.time()
+    assert train(config) is None  # no model file asked for
+    assert 3.6 <= time.time() - started < 20
+    rows = read_log(tmp_path / "run")
+    # Every 0.6 s a validated row; the last one at the deadline, with the learning rate annealed.
+    assert len([r for r in rows if r["val_psnr_y"]]) >= 3
+    assert rows[-1]["val_psnr_y"] != ""
+    assert float(rows[-1]["learning_rate"]) < 0.1 * config.learning_rate
+    steps = int(rows[-1]["step"])
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["step"] == steps
+    light = torch.load(weights / "last-fp16.pt", weights_only=True)
+    assert light["step"] == steps and "optimizer" not in light
+    assert all(t.dtype == torch.float16 for t in light["model"].values())
+    for name, tensor in last["model"].items():
+        torch.testing.assert_close(light["model"][name].float(), tensor.float(), rtol=1e-3, atol=1e-4)
+    assert (weights / "best-fp16.pt").exists() and not (tmp_path / "run" / "model.pt").exists()

@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     if args.command == "train":
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
         values["network"] = dict(values["network"])
-        print(f"model file: {train(TrainConfig(**values))}")
+        model_path = train(TrainConfig(**values))
+        print(f"model file: {model_path or 'not written (--no-export)'}")
         return 0
     from .evaluate import evaluate_command
     return evaluate_command(args)

