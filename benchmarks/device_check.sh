@@ -3,7 +3,8 @@
 # and no internet (the workplace's lent device machine is one). It builds vs-iedvr with its CUDA
 # kernels against that torch, runs the tests that touch the operator, the model file and the
 # plugin (the CUDA ones included), then the GPU benchmark: FP16 at 320x180 and 960x540 input, and
-# float32 at 320x180. Logs go to $OUT (default /tmp/device-check).
+# float32 at 320x180, and a torch.profiler table of the kernels of an FP16 frame at 320x180
+# (benchmarks/profile_gpu.py). Logs go to $OUT (default /tmp/device-check).
 #
 # Here, once (needs the package index): fetch the wheels the GPU machine lacks into .whl/
 #     benchmarks/device_check.sh --prepare
@@ -13,10 +14,10 @@
 # Environment: PYTHON (default python3, the one with torch), TORCH_CUDA_ARCH_LIST (default: the
 # GPU's own), MAX_JOBS (default: all cores), FRAMES (timed frames per benchmark, default 10).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/device_common.sh"
 
 if [ "${1:-}" = "--prepare" ]; then
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+  ignore_in_git .whl
   rm -rf .whl && mkdir -p .whl
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
@@ -26,25 +27,18 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 OUT=${OUT:-/tmp/device-check}
-PY=${PYTHON:-python3}
 FRAMES=${FRAMES:-10}
 mkdir -p "$OUT"
-step() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 
 step "machine"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  "$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)'
-  nvcc --version | tail -1; nproc; } 2>&1 | tee -a "$OUT/summary.txt"
+machine_summary
 
 # Straight into the environment that holds torch (the machine is thrown away afterwards): the
 # extensions' RUNPATH finds libtorch beside them in the same site-packages, as in a user's venv.
 # (A venv on top of a venv would not see the outer one's torch.)
 step "VapourSynth from .whl/, then vs-iedvr with CUDA kernels for this GPU"
 "$PY" -m pip install --quiet --no-index --no-deps .whl/*.whl || exit 1
-if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
-  export TORCH_CUDA_ARCH_LIST
-fi
+use_this_gpus_arch
 IEDVR_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip install --no-index --no-deps \
   --no-build-isolation . >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 BIN=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
@@ -74,4 +68,10 @@ bench() {
 bench --size 320x180 --fp16
 bench --size 960x540 --fp16
 bench --size 320x180 --no-fp16
+
+# A script's own folder, not the repository root, heads its import path: the installed package
+# (with its library) is the one imported.
+step "profile: the kernels of an FP16 frame at 320x180"
+"$PY" benchmarks/profile_gpu.py --device cuda --size 320x180 --fp16 --out-dir "$OUT" 2>&1 \
+  | tail -25 | tee -a "$OUT/summary.txt"
 step "done"
