@@ -3,9 +3,12 @@ subprocess, so that a crash fails its test instead of the test runner, and must 
 vapoursynth.Error (or a frame) with the process still working."""
 
 import json
+import shutil
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 import torch
@@ -151,3 +154,71 @@ def test_scale_selects_or_checks_the_model(small_model):
     assert "no default model for scale=3 is installed" in lines[2]
     assert "scale must be from 1 to 8, got 0" in lines[3]
     assert lines[4] == "128"  # the shipped x4 weights
+
+
+def flip_a_weight_byte(source, target):
+    """A copy of `source` with one byte of a stored tensor flipped in place, as a bad disk or a
+    broken download would leave it (the zip's own records are untouched)."""
+    shutil.copy(source, target)
+    with zipfile.ZipFile(source) as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(target, "r+b") as file:
+        file.seek(record.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+        position = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+        file.seek(position)
+        byte = file.read(1)[0]
+        file.seek(position)
+        file.write(bytes([byte ^ 0x40]))
+    return target
+
+
+def test_damaged_weights_are_named_by_filter_and_loader(small_model, tmp_path):
+    damaged = flip_a_weight_byte(small_model, tmp_path / "damaged.pt")
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={damaged}, device_index=-1))
+        check(lambda: core.iedvr.Upscale(clip, model={good}, device_index=-1).get_frame(0))
+    """, damaged=damaged, good=small_model)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "is damaged: its weights' checksum is" in lines[0] and str(damaged) in lines[0], lines
+    assert lines[1] == "OK"
+    with pytest.raises(model_file.ModelFileError, match="is damaged: its weights' checksum"):
+        model_file.load_model(damaged)
+
+
+def test_files_that_are_not_model_files_say_what_they_are(small_model, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth"
+    torch.save({"model": {"weight": torch.zeros(2)}}, checkpoint)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a model at all" * 100)
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={checkpoint}))
+        check(lambda: core.iedvr.Upscale(clip, model={garbage}))
+    """, checkpoint=checkpoint, garbage=garbage)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "is a PyTorch checkpoint (torch.save), not a model file: export it with `vs-iedvr export" in lines[0]
+    assert "not a TorchScript archive" in lines[1] and "likelihood" not in lines[1], lines[1]
+
+
+def test_the_models_own_error_text_reaches_the_frame_error(small_model, tmp_path):
+    # A model that raises used to be reported as "The following operation failed in the
+    # TorchScript interpreter.", its own message lost.
+    class Refusing(torch.nn.Module):
+        def forward(self, frames: torch.Tensor) -> torch.Tensor:
+            if frames.size(3) > 0:
+                raise ValueError("this model refuses frames of this size")
+            return frames
+
+    metadata = model_file.read_metadata(small_model)
+    metadata.pop("weights_crc32")
+    refusing = tmp_path / "refusing.pt"
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.script(Refusing()), str(refusing),
+                       _extra_files={model_file.METADATA_ENTRY: json.dumps(metadata)})
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1, tilesize=0).get_frame(0))
+    """, model=refusing)
+    assert result.returncode == 0, result.stderr
+    assert "frame 0: inference failed: ValueError: this model refuses frames of this size" in result.stdout

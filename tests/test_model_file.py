@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import pytest
 import torch
@@ -125,6 +126,25 @@ def test_metadata(exported):
     assert model_file.config_of(metadata) == SMALL
     assert metadata["weights"] == {"source": "test"}
     assert metadata["input"]["colour_space"] == "RGB"
+
+
+def test_weights_checksum_is_the_crc32_of_the_network_state(exported, tmp_path):
+    # Oracle: the eager network's state dict (the model file holds it under "network."), each
+    # tensor's bytes in name order, through zlib; the engine computes the same in C++.
+    net, path = exported
+    state = net.state_dict()
+    crc = 0
+    for name in sorted(state):
+        crc = zlib.crc32(state[name].float().contiguous().numpy().tobytes(), crc)
+    assert model_file.read_metadata(path)["weights_crc32"] == f"{crc:08x}"
+    # Files exported before the checksum existed load without one.
+    metadata = model_file.read_metadata(path)
+    del metadata["weights_crc32"]
+    older = tmp_path / "older.pt"
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.load(str(path)), str(older),
+                       _extra_files={model_file.METADATA_ENTRY: json.dumps(metadata)})
+    model_file.load_model(older)
 
 
 def test_flops_scale_with_pixels_and_count_the_deformable_convolutions(exported):

@@ -15,6 +15,7 @@ import math
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -101,6 +102,19 @@ class PaddedNetwork(nn.Module):
                            self.scale)
 
 
+def weights_checksum(module: nn.Module) -> str:
+    """CRC-32 of the weights as stored: every parameter and buffer, sorted by name, its raw bytes
+    (the engine computes the same in C++). Written into the metadata by the exporter and checked
+    by every loader, so that a damaged file is named as damaged instead of giving garbage frames."""
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    crc = 0
+    for name in sorted(tensors):
+        data = tensors[name].detach().cpu().contiguous()
+        crc = zlib.crc32(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"", crc)
+    return f"{crc:08x}"
+
+
 def metadata_for(network: IEDVR, arch: str, weights: dict) -> dict:
     config = network.config
     return {
@@ -142,6 +156,7 @@ def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
     traced = traced.to(WEIGHT_DTYPES[weights_dtype])
     metadata = metadata_for(network, arch, weights or {"source": "untrained (random initialisation)"})
     metadata["weights_dtype"] = weights_dtype
+    metadata["weights_crc32"] = weights_checksum(traced)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")
@@ -186,6 +201,10 @@ def load_model(path, device="cpu") -> tuple[torch.jit.ScriptModule, dict]:
     except RuntimeError as error:
         raise ModelFileError(f"{path} could not be loaded ({str(error).splitlines()[0]}); the "
                              "file may be truncated: export it again") from None
+    recorded = metadata.get("weights_crc32")  # absent in files exported before it existed
+    if recorded is not None and recorded != weights_checksum(model):
+        raise ModelFileError(f"{path} is damaged: its weights' checksum is {weights_checksum(model)}, "
+                             f"its metadata says {recorded}; download or export the model again")
     return model.float().eval(), metadata
 
 

@@ -7,7 +7,14 @@
 //
 // Only allocations made on a thread inside a BlockReuse::Scope are reused, so that other users of
 // libtorch in the same process (a Python filter in the same script) keep torch's usual behaviour.
+//
+// The same bookkeeping measures memory: inside a Measure scope every allocation of the thread,
+// small ones included, is a block of ours, so the bytes held (blocks in use plus blocks kept for
+// reuse: what the process's resident size sees) are known exactly. The memory plan runs the
+// network at two small sizes under it.
 #pragma once
+
+#include <algorithm>
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -38,6 +45,33 @@ class BlockReuse final : public c10::Allocator {
     bool previous_;
   };
 
+  // Inside a Scope: every allocation of this thread is counted, small ones too.
+  class Measure {
+   public:
+    Measure() : previous_(measuring_) {
+      auto& self = instance();
+      std::lock_guard<std::mutex> lock(self.mutex_);
+      self.peak_held_bytes_ = self.held_bytes_;
+      start_ = self.held_bytes_;
+      measuring_ = true;
+    }
+    ~Measure() { measuring_ = previous_; }
+    Measure(const Measure&) = delete;
+    Measure& operator=(const Measure&) = delete;
+
+    // The most bytes held at once since the scope began, above what was held then. Exact for
+    // work on one thread; a second thread allocating at the same time is counted too.
+    unsigned long long peak_above_start() const {
+      auto& self = instance();
+      std::lock_guard<std::mutex> lock(self.mutex_);
+      return self.peak_held_bytes_ - std::min(start_, self.peak_held_bytes_);
+    }
+
+   private:
+    bool previous_;
+    unsigned long long start_ = 0;
+  };
+
   // Gives the idle blocks back to the system.
   static void release_idle() { instance().free_idle(); }
 
@@ -51,13 +85,15 @@ class BlockReuse final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t bytes) override {
-    if (!active_ || bytes < kMinBytes) return fallback_->allocate(bytes);
+    if (!active_ || (bytes < kMinBytes && !measuring_)) return fallback_->allocate(bytes);
     void* data = take_idle(bytes);
     if (data == nullptr) {
       data = c10::alloc_cpu(bytes);
       std::lock_guard<std::mutex> lock(mutex_);
       owned_[data] = bytes;
       ++fresh_;
+      held_bytes_ += bytes;
+      peak_held_bytes_ = std::max(peak_held_bytes_, held_bytes_);
     }
     // A plain pointer as its own context, as torch's raw_allocate()/raw_deallocate() require.
     return {data, data, &BlockReuse::give_back, c10::Device(c10::DeviceType::CPU)};
@@ -119,6 +155,7 @@ class BlockReuse final : public c10::Allocator {
       for (void* data : blocks) {
         owned_.erase(data);
         c10::free_cpu(data);
+        held_bytes_ -= bytes;
       }
     }
     idle_.clear();
@@ -130,7 +167,9 @@ class BlockReuse final : public c10::Allocator {
   std::unordered_map<void*, size_t> owned_;             // every block of ours, in use or idle
   std::unordered_map<size_t, std::vector<void*>> idle_;  // by size
   unsigned long long idle_bytes_ = 0, fresh_ = 0, reused_ = 0;
-  static thread_local bool active_;
+  unsigned long long held_bytes_ = 0, peak_held_bytes_ = 0;  // blocks of ours, in use or idle
+  static thread_local bool active_, measuring_;
 };
 
 inline thread_local bool BlockReuse::active_ = false;
+inline thread_local bool BlockReuse::measuring_ = false;

@@ -3,17 +3,24 @@
 // start-up never pays for libtorch.
 #include "engine.h"
 #include "block_reuse.h"
+#include "device_memory.h"
 #include "feature_cache.h"
+#include "memory_plan.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <dlfcn.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,6 +30,79 @@ void write_error(char* error, size_t size, const std::string& message) {
   if (error == nullptr || size == 0) return;
   std::strncpy(error, message.c_str(), size - 1);
   error[size - 1] = '\0';
+}
+
+// The line of an exception that says what went wrong. libtorch's own errors carry a C++ backtrace,
+// and an exception raised inside a TorchScript model comes wrapped as "The following operation
+// failed in the TorchScript interpreter" with a traceback of the serialized code: the model's own
+// message is the last "...Error: text" line of it.
+std::string readable(const std::exception& e) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  const std::string message = torch_error ? torch_error->what_without_backtrace() : e.what();
+  if (message.find("failed in the TorchScript interpreter") != std::string::npos) {
+    static const std::regex raised(R"(^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.*\S))");
+    std::istringstream lines(message);
+    std::string line, found;
+    std::smatch match;
+    while (std::getline(lines, line)) {
+      if (std::regex_search(line, match, raised)) found = std::string(match[1]) + ": " + std::string(match[2]);
+    }
+    if (!found.empty()) return found;
+  }
+  return message.substr(0, message.find('\n'));
+}
+
+// CRC-32 (the zlib polynomial, as Python's zlib.crc32) of the model's weights as stored: every
+// parameter and buffer, sorted by name, its raw bytes. The exporter writes it into the metadata
+// (model_file.weights_checksum computes the same), so that a damaged file is named as damaged
+// instead of producing garbage frames.
+uint32_t crc32_update(uint32_t crc, const uint8_t* data, size_t size) {
+  static const auto table = [] {
+    std::vector<uint32_t> entries(256);
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t value = i;
+      for (int bit = 0; bit < 8; ++bit) value = (value & 1) ? 0xEDB88320u ^ (value >> 1) : value >> 1;
+      entries[i] = value;
+    }
+    return entries;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+uint32_t weights_checksum(const torch::jit::Module& module) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& parameter : module.named_parameters()) tensors.emplace_back(parameter.name, parameter.value);
+  for (const auto& buffer : module.named_buffers()) tensors.emplace_back(buffer.name, buffer.value);
+  std::sort(tensors.begin(), tensors.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  uint32_t crc = 0;
+  for (const auto& [name, tensor] : tensors) {
+    const auto bytes = tensor.detach().to(torch::kCPU).contiguous();
+    crc = crc32_update(crc, static_cast<const uint8_t*>(bytes.data_ptr()), bytes.nbytes());
+  }
+  return crc;
+}
+
+// A model file is a TorchScript archive (it has code and constants); a torch.save checkpoint is a
+// zip archive too, with only data: that mistake gets its own message.
+void check_is_torchscript_archive(const std::string& path) {
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const std::exception& e) {
+    // miniz's message goes on about checkpoints; its first sentence says what failed.
+    const std::string reason = readable(e);
+    throw std::runtime_error("it is not a vs-iedvr model file (not a TorchScript archive: " +
+                             reason.substr(0, reason.find(". ")) +
+                             "); export one with `vs-iedvr export`");
+  }
+  if (reader->hasRecord("data.pkl") && !reader->hasRecord("constants.pkl")) {
+    throw std::runtime_error(
+        "it is a PyTorch checkpoint (torch.save), not a model file: export it with "
+        "`vs-iedvr export --arch ARCH --weights CHECKPOINT --output model.pt`");
+  }
 }
 
 // The operator library sits next to this one (site-packages/vs_iedvr/). Loading that very file
@@ -85,6 +165,14 @@ int metadata_int(const std::string& metadata, const std::string& key, int64_t lo
   return static_cast<int>(value);
 }
 
+// A string field of the metadata's top level ("" when absent).
+std::string metadata_string(const std::string& metadata, const std::string& key) {
+  const std::regex pattern("\"" + key + "\"\\s*:\\s*\"([^\"]*)\"");
+  std::smatch match;
+  const std::string json = top_level(metadata);
+  return std::regex_search(json, match, pattern) ? std::string(match[1]) : std::string();
+}
+
 }  // namespace
 
 struct IedvrEngine {
@@ -97,6 +185,8 @@ struct IedvrEngine {
   bool split = false;
   std::shared_ptr<FeatureCache> cache;
   std::mutex mutex;  // one inference at a time per engine
+  // Set after the device ran out of memory: the smaller tiles that worked, used from then on.
+  std::optional<IedvrTiling> fallback_tiling;
 };
 
 extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
@@ -118,6 +208,7 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       }
       engine->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device));
     }
+    check_is_torchscript_archive(model_path);
     torch::jit::ExtraFilesMap extra{{"vs_iedvr.json", ""}};
     engine->module = torch::jit::load(model_path, engine->device, extra);
     const std::string& metadata = extra["vs_iedvr.json"];
@@ -139,6 +230,17 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       throw std::runtime_error("its metadata field \"num_frames\" is " +
                                std::to_string(engine->info.num_frames) +
                                "; expected an odd number (the centre frame and as many on each side)");
+    }
+    // Files exported before the checksum existed have none and are taken as they are.
+    const std::string recorded = metadata_string(metadata, "weights_crc32");
+    if (!recorded.empty()) {
+      char computed[16];
+      std::snprintf(computed, sizeof computed, "%08x", weights_checksum(engine->module));
+      if (recorded != computed) {
+        throw std::runtime_error("it is damaged: its weights' checksum is " + std::string(computed) +
+                                 ", its metadata says " + recorded +
+                                 "; download or export the model again");
+      }
     }
     engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
     engine->module.eval();
@@ -166,10 +268,8 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     }
     return engine.release();
   } catch (const std::exception& e) {
-    std::string message = e.what();
-    message = message.substr(0, message.find('\n'));
     write_error(error, error_size,
-                std::string("cannot load the model ") + model_path + ": " + message);
+                std::string("cannot load the model ") + model_path + ": " + readable(e));
     return nullptr;
   }
 }
@@ -205,34 +305,46 @@ torch::Tensor ramp(int64_t length, int64_t fade_in, int64_t fade_out) {
   return weight;
 }
 
-// The upscaled centre frame of a window [T, 3, h, w] of (a tile of) input frames, whose frame
-// numbers are `frames`: per-frame features from the cache or computed now, then the per-window
-// half of the network.
-torch::Tensor upscale_window(IedvrEngine* engine, const torch::Tensor& window, const int* frames,
-                             int tile) {
-  const int count = engine->info.num_frames;
-  if (!engine->split) return engine->module.forward({window.unsqueeze(0)}).toTensor();
-  // Each frame's features (as many tensors as `features` returns), stacked along T per tensor.
-  std::vector<std::vector<torch::Tensor>> per_frame;
-  for (int k = 0; k < count; ++k) {
-    auto features = engine->cache->find(frames[k], tile);
-    if (!features) {
-      const auto computed = engine->module.get_method("features")({window[k].unsqueeze(0)});
-      features = FeatureCache::Features{};
-      for (const auto& level : computed.toTupleRef().elements()) features->push_back(level.toTensor());
-      engine->cache->insert(frames[k], tile, *features);
-    }
-    per_frame.push_back(std::move(*features));
-  }
+// A window's per-frame features: computed now, or taken from the cache when `tile` says where in
+// the frame they are from.
+using Features = FeatureCache::Features;
+Features frame_features(IedvrEngine* engine, const torch::Tensor& frame) {
+  Features features;
+  const auto computed = engine->module.get_method("features")({frame.unsqueeze(0)});
+  for (const auto& level : computed.toTupleRef().elements()) features.push_back(level.toTensor());
+  return features;
+}
+
+// The per-window half of the network on the frames' features, each tensor stacked along T.
+torch::Tensor upscale_features(IedvrEngine* engine, const std::vector<Features>& per_frame,
+                               const torch::Tensor& centre) {
   std::vector<torch::jit::IValue> inputs;
   for (size_t i = 0; i < per_frame[0].size(); ++i) {
     std::vector<torch::Tensor> over_time;
     for (const auto& features : per_frame) over_time.push_back(features[i]);
     inputs.emplace_back(torch::stack(over_time, 1));
   }
-  inputs.emplace_back(window[count / 2].unsqueeze(0));
-  return engine->module.get_method("upscale")(std::move(inputs))
-      .toTensor();
+  inputs.emplace_back(centre.unsqueeze(0));
+  return engine->module.get_method("upscale")(std::move(inputs)).toTensor();
+}
+
+// The upscaled centre frame of a window [T, 3, h, w] of (a tile of) input frames, whose frame
+// numbers are `frames`: per-frame features from the cache or computed now, then the per-window
+// half of the network.
+torch::Tensor upscale_window(IedvrEngine* engine, const torch::Tensor& window, const int* frames,
+                             const FeatureCache::Tile& tile) {
+  const int count = engine->info.num_frames;
+  if (!engine->split) return engine->module.forward({window.unsqueeze(0)}).toTensor();
+  std::vector<Features> per_frame;
+  for (int k = 0; k < count; ++k) {
+    auto features = engine->cache->find(frames[k], tile);
+    if (!features) {
+      features = frame_features(engine, window[k]);
+      engine->cache->insert(frames[k], tile, *features);
+    }
+    per_frame.push_back(std::move(*features));
+  }
+  return upscale_features(engine, per_frame, window[count / 2]);
 }
 
 torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const int* frames,
@@ -248,8 +360,8 @@ torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const i
     for (size_t j = 0; j < xs.size(); ++j) {
       const int64_t y = ys[i], x = xs[j];
       const auto tile = input.slice(2, y, y + tile_h).slice(3, x, x + tile_w);
-      const int tile_index = static_cast<int>(i * xs.size() + j);
-      const auto upscaled = upscale_window(engine, tile, frames, tile_index).to(torch::kFloat);
+      const auto upscaled =
+          upscale_window(engine, tile, frames, {x, y, tile_w, tile_h}).to(torch::kFloat);
       // Fade only where a neighbouring tile overlaps, by the overlap actually shared.
       const int64_t top = i > 0 ? (ys[i - 1] + tile_h - y) * scale : 0;
       const int64_t bottom = i + 1 < ys.size() ? (y + tile_h - ys[i + 1]) * scale : 0;
@@ -265,7 +377,45 @@ torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const i
           weight;
     }
   }
-  return sum / weights;
+  return sum.div_(weights);  // in place: no third full-size frame
+}
+
+// Out of memory, on any device: CUDA throws c10::OutOfMemoryError, the CPU allocator a plain
+// c10::Error, and an error inside the TorchScript interpreter reaches us rewrapped.
+bool is_out_of_memory(const std::exception& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) return true;
+  const std::string message = e.what();
+  for (const char* sign : {"out of memory", "can't allocate memory", "not enough memory"}) {
+    if (message.find(sign) != std::string::npos) return true;
+  }
+  return false;
+}
+
+bool is_tiled(const IedvrTiling& tiling, int width, int height) {
+  return tiling.tile_width > 0 && (tiling.tile_width < width || tiling.tile_height < height);
+}
+
+// Tiles half the size (in each direction) of `tiling`, or of the whole frame.
+IedvrTiling smaller_tiles(const IedvrTiling& tiling, int width, int height) {
+  const bool tiled = is_tiled(tiling, width, height);
+  const int least = static_cast<int>(memory_plan::kMinTile);
+  const int tile_w = std::max(least, ((tiled ? tiling.tile_width : width) + 1) / 2);
+  const int tile_h = std::max(least, ((tiled ? tiling.tile_height : height) + 1) / 2);
+  return {tile_w, tile_h, memory_plan::default_overlap(tile_w), memory_plan::default_overlap(tile_h)};
+}
+
+bool smaller_than(const IedvrTiling& a, const IedvrTiling& b, int width, int height) {
+  if (!is_tiled(a, width, height)) return false;
+  if (!is_tiled(b, width, height)) return true;
+  return int64_t{a.tile_width} * a.tile_height < int64_t{b.tile_width} * b.tile_height;
+}
+
+torch::Tensor upscale_frame(IedvrEngine* engine, const torch::Tensor& input, const int* frames,
+                            const IedvrTiling& tiling) {
+  const int height = static_cast<int>(input.size(2)), width = static_cast<int>(input.size(3));
+  return is_tiled(tiling, width, height)
+             ? run_tiled(engine, input, frames, tiling)
+             : upscale_window(engine, input, frames, {0, 0, width, height});
 }
 
 }  // namespace
@@ -280,16 +430,27 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, const i
     const auto input = torch::from_blob(const_cast<void*>(frames),
                                         {engine->info.num_frames, 3, height, width},
                                         torch::TensorOptions().dtype(type));
-    const bool tiled = tiling != nullptr && tiling->tile_width > 0 &&
-                       (tiling->tile_width < width || tiling->tile_height < height);
     torch::Tensor result;
     {
       std::lock_guard<std::mutex> lock(engine->mutex);
       const BlockReuse::Scope reuse_blocks;
+      IedvrTiling planned = tiling != nullptr ? *tiling : IedvrTiling{0, 0, 0, 0};
+      if (engine->fallback_tiling && smaller_than(*engine->fallback_tiling, planned, width, height)) {
+        planned = *engine->fallback_tiling;
+      }
       const auto on_device =
           input.to(engine->device, engine->dtype).contiguous(torch::MemoryFormat::ChannelsLast);
-      result = tiled ? run_tiled(engine, on_device, frame_numbers, *tiling)
-                     : upscale_window(engine, on_device, frame_numbers, 0);
+      try {
+        result = upscale_frame(engine, on_device, frame_numbers, planned);
+      } catch (const std::exception& e) {
+        if (!is_out_of_memory(e)) throw;
+        // The device's free memory changed since the plan (another process, another filter):
+        // retry once with tiles half the size; they are kept for the frames that follow.
+        const IedvrTiling smaller = smaller_tiles(planned, width, height);
+        device_memory::release_cached(engine->device);
+        result = upscale_frame(engine, on_device, frame_numbers, smaller);
+        engine->fallback_tiling = smaller;
+      }
       result = result.to(torch::kCPU, type).contiguous();
     }
     TORCH_CHECK(result.numel() == 3LL * height * scale * width * scale,
@@ -297,8 +458,116 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, const i
     std::memcpy(output, result.data_ptr(), result.nbytes());
     return 0;
   } catch (const std::exception& e) {
-    std::string message = e.what();
-    write_error(error, error_size, "inference failed: " + message.substr(0, message.find('\n')));
+    write_error(error, error_size,
+                is_out_of_memory(e)
+                    ? "out of memory on " + engine->device.str() +
+                          ", also with tiles half the size: " + readable(e) +
+                          " (give a smaller tilesize, or use fewer num_streams)"
+                    : "inference failed: " + readable(e));
+    return -1;
+  }
+}
+
+namespace {
+
+// What a window costs on the engine's device: run at two small sizes (without the cache, five
+// frames' features held as a window without cached frames holds them) with every allocation
+// counted; the difference gives the bytes per input pixel, the rest the fixed part.
+memory_plan::Costs measure_costs(IedvrEngine* engine) {
+  const c10::InferenceMode inference;
+  const BlockReuse::Scope reuse_blocks;
+  const int count = engine->info.num_frames;
+  const int64_t sizes[2][2] = {{48, 48}, {48, 96}};  // height, width
+  double peaks[2] = {0, 0}, cache_bytes = 0;
+  for (int i = 0; i < 2; ++i) {
+    const auto [height, width] = std::pair{sizes[i][0], sizes[i][1]};
+    device_memory::release_cached(engine->device);
+    const device_memory::PeakMeter meter(engine->device);
+    {
+      const auto window = torch::rand({count, 3, height, width},
+                                      torch::TensorOptions().device(engine->device).dtype(engine->dtype))
+                              .contiguous(torch::MemoryFormat::ChannelsLast);
+      if (engine->split) {
+        std::vector<Features> per_frame{frame_features(engine, window[0])};
+        for (int k = 1; k < count; ++k) {
+          Features copy;
+          for (const auto& tensor : per_frame[0]) copy.push_back(tensor.clone());
+          per_frame.push_back(std::move(copy));
+        }
+        cache_bytes = 0;
+        for (const auto& tensor : per_frame[0]) cache_bytes += static_cast<double>(tensor.nbytes());
+        cache_bytes /= static_cast<double>(height * width);
+        upscale_features(engine, per_frame, window[count / 2]);
+      } else {
+        engine->module.forward({window.unsqueeze(0)});
+      }
+    }
+    peaks[i] = meter.peak();
+  }
+  device_memory::release_cached(engine->device);
+  const double pixels[2] = {48.0 * 48.0, 48.0 * 96.0};
+  memory_plan::Costs costs;
+  costs.per_pixel = std::max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]));
+  costs.fixed = std::max(0.0, peaks[0] - costs.per_pixel * pixels[0]);
+  costs.cache_per_pixel = cache_bytes;
+  return costs;
+}
+
+// The budget: IEDVR_MAX_MEMORY_MB, else a share of what the device has free.
+double memory_budget(const torch::Device& device) {
+  if (const char* limit = std::getenv("IEDVR_MAX_MEMORY_MB")) {
+    char* end = nullptr;
+    const double megabytes = std::strtod(limit, &end);
+    if (end == limit || *end != '\0' || !(megabytes > 0)) {
+      throw std::runtime_error(std::string("IEDVR_MAX_MEMORY_MB must be a positive number of "
+                                           "megabytes, got \"") + limit + "\"");
+    }
+    return megabytes * (1 << 20);
+  }
+  return device_memory::available(device) * (device.is_cuda() ? 0.75 : 0.25);
+}
+
+}  // namespace
+
+extern "C" int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int streams,
+                                 double host_bytes_per_pixel, IedvrPlan* plan, char* error,
+                                 size_t error_size) {
+  try {
+    std::lock_guard<std::mutex> lock(engine->mutex);
+    memory_plan::Costs costs = measure_costs(engine);
+    const double value_bytes = engine->dtype == torch::kFloat ? 4 : 2;
+    const double scale2 = static_cast<double>(engine->info.scale) * engine->info.scale;
+    // Whole-frame buffers of the engine: the window on the device, the output (in float32 on
+    // its way back); the filter's own count where they share the host's memory.
+    costs.frame_per_pixel = engine->info.num_frames * 3 * value_bytes + 3 * 4 * scale2 +
+                            (engine->device.is_cuda() ? 0 : host_bytes_per_pixel);
+    // Tiles: each one's output in float32 times its blending weight; the frame's sums.
+    costs.tile_per_pixel = 3 * 3 * 4 * scale2;
+    costs.blend_per_pixel = 4 * 4 * scale2;
+    const double budget = memory_budget(engine->device);
+    const size_t full_cache = engine->split ? engine->cache->capacity() : 0;
+    const size_t window = engine->split ? engine->info.num_frames : 0;
+    memory_plan::Plan chosen;
+    const double pixels = static_cast<double>(width) * height;
+    const double whole = streams * (costs.fixed + costs.per_pixel * pixels) +
+                         (full_cache * costs.cache_per_pixel + costs.frame_per_pixel) * pixels;
+    if (!memory_plan::choose(width, height, streams, full_cache, window, costs, budget, chosen)) {
+      std::ostringstream message;
+      message.precision(3);
+      message << "not enough memory on " << engine->device.str() << " for " << width << "x"
+              << height << " frames: even " << memory_plan::kMinTile << "x" << memory_plan::kMinTile
+              << " tiles need more than the " << budget / (1 << 30)
+              << " GiB this filter may use (a share of what is free; IEDVR_MAX_MEMORY_MB sets it)";
+      throw std::runtime_error(message.str());
+    }
+    if (engine->split) engine->cache->set_capacity(chosen.cache_frames);
+    *plan = IedvrPlan{{static_cast<int>(chosen.tile_width), static_cast<int>(chosen.tile_height),
+                       chosen.overlap_x, chosen.overlap_y},
+                      static_cast<int>(chosen.cache_frames), budget, chosen.bytes, whole,
+                      costs.per_pixel, costs.cache_per_pixel};
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(error, error_size, readable(e));
     return -1;
   }
 }

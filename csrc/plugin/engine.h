@@ -38,6 +38,26 @@ int iedvr_engine_run(IedvrEngine* engine, const void* frames, const int* frame_n
                      int width, int height, const IedvrTiling* tiling, void* output, char* error,
                      size_t error_size);
 
+// The memory plan for frames of width x height, made once per filter before its first frame when
+// the user gave no tilesize: the engine measures what a window costs on its device at two small
+// sizes, reads the memory free there and picks whole frames or tiles (cross-faded as above) and
+// how many frames' features the shared cache keeps (set on the cache). The budget is a quarter of
+// the host's available memory on the CPU (VapourSynth's frame cache, other filters and the
+// encoder share it), three quarters of the GPU's free memory on CUDA, or IEDVR_MAX_MEMORY_MB.
+// streams: the engines that run windows at once; host_bytes_per_pixel: the filter's own buffers
+// per input pixel (counted when the engine runs on the CPU). Returns 0, or -1 with a message.
+typedef struct IedvrPlan {
+  IedvrTiling tiling;           // zeros: whole frames
+  int cache_frames;             // frames whose features the cache keeps
+  double budget_bytes;          // what the plan may use
+  double planned_bytes;         // the estimate for the plan
+  double whole_frame_bytes;     // the estimate for whole frames with the full cache
+  double bytes_per_pixel;       // measured: a window's bytes per input pixel
+  double cache_bytes_per_pixel; // measured: one frame's features per input pixel
+} IedvrPlan;
+int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int streams,
+                      double host_bytes_per_pixel, IedvrPlan* plan, char* error, size_t error_size);
+
 // How often per-frame features were computed and how often reused from the cache, summed over
 // the engines that share it (for tests and benchmarks).
 void iedvr_engine_feature_counts(IedvrEngine* engine, unsigned long long* computed,
@@ -55,4 +75,5 @@ typedef void (*IedvrEngineInfo)(const IedvrEngine*, IedvrModelInfo*);
 typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, const int*, int, int, int,
                               const IedvrTiling*, void*, char*, size_t);
 typedef void (*IedvrEngineDestroy)(IedvrEngine*);
+typedef int (*IedvrEnginePlan)(IedvrEngine*, int, int, int, double, IedvrPlan*, char*, size_t);
 }

@@ -9,6 +9,7 @@
 
 #include <torch/types.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -19,6 +20,10 @@
 class FeatureCache {
  public:
   using Features = std::vector<torch::Tensor>;  // what `features` returns for one frame (or tile)
+  // The region of the frame the features are of: x, y, width, height in input pixels. Its
+  // geometry, not its index, so that tiles of another size (after an out-of-memory retry) never
+  // meet features of the old ones.
+  using Tile = std::array<int64_t, 4>;
 
   explicit FeatureCache(size_t capacity_frames) : capacity_(capacity_frames) {}
 
@@ -28,7 +33,20 @@ class FeatureCache {
     capacity_ += frames;
   }
 
-  std::optional<Features> find(int frame, int tile) {
+  size_t capacity() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return capacity_;
+  }
+
+  // The memory plan may shrink the cache (to 0: nothing is kept, every window computes its
+  // frames' features).
+  void set_capacity(size_t frames) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    capacity_ = frames;
+    while (frames_.size() > capacity_) evict_least_recently_used();
+  }
+
+  std::optional<Features> find(int frame, const Tile& tile) {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto entry = frames_.find(frame);
     if (entry == frames_.end()) return std::nullopt;
@@ -39,15 +57,16 @@ class FeatureCache {
     return features->second;
   }
 
-  void insert(int frame, int tile, Features features) {
+  void insert(int frame, const Tile& tile, Features features) {
     std::lock_guard<std::mutex> lock(mutex_);
+    ++insertions_;
+    if (capacity_ == 0) return;
     if (!frames_.count(frame)) {
       while (!frames_.empty() && frames_.size() >= capacity_) evict_least_recently_used();
     }
     auto& entry = frames_[frame];
     entry.tiles[tile] = std::move(features);
     entry.last_use = ++clock_;
-    ++insertions_;
   }
 
   // (features computed and stored, features reused) since the cache was made.
@@ -59,7 +78,7 @@ class FeatureCache {
  private:
   struct Entry {
     uint64_t last_use = 0;
-    std::map<int, Features> tiles;  // tile index -> features (0 when frames are not tiled)
+    std::map<Tile, Features> tiles;  // the whole frame is one tile when frames are not tiled
   };
 
   // Tensors handed out earlier stay valid: they hold their own reference to the memory.

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "memory_plan.h"
 
 namespace {
 
@@ -31,6 +32,7 @@ struct EngineLibrary {
   IedvrEngineInfo info = nullptr;
   IedvrEngineRun run = nullptr;
   IedvrEngineDestroy destroy = nullptr;
+  IedvrEnginePlan plan = nullptr;
 };
 
 std::filesystem::path this_library_folder() {
@@ -64,7 +66,8 @@ const EngineLibrary* load_engine(std::string& error) {
       library.info = reinterpret_cast<IedvrEngineInfo>(dlsym(handle, "iedvr_engine_info"));
       library.run = reinterpret_cast<IedvrEngineRun>(dlsym(handle, "iedvr_engine_run"));
       library.destroy = reinterpret_cast<IedvrEngineDestroy>(dlsym(handle, "iedvr_engine_destroy"));
-      if (!library.create || !library.info || !library.run || !library.destroy) {
+      library.plan = reinterpret_cast<IedvrEnginePlan>(dlsym(handle, "iedvr_engine_plan"));
+      if (!library.create || !library.info || !library.run || !library.destroy || !library.plan) {
         load_error = "the inference engine " + path.string() + " lacks its functions (reinstall vs-iedvr)";
       }
     }
@@ -88,6 +91,13 @@ class EnginePool {
     idle_.push_back(engine);
   }
   IedvrEngine* any() const { return engines_.front(); }
+  int size() const { return static_cast<int>(engines_.size()); }
+
+  int plan(int width, int height, double host_bytes_per_pixel, IedvrPlan* plan, char* error,
+           size_t error_size) {
+    return library_->plan(any(), width, height, size(), host_bytes_per_pixel, plan, error,
+                          error_size);
+  }
 
   int run(const void* frames, const int* frame_numbers, int half, int width, int height,
           const IedvrTiling* tiling, void* output, char* error, size_t error_size) {
@@ -123,9 +133,54 @@ struct UpscaleData {
   std::unique_ptr<EnginePool> engines;
   IedvrModelInfo model{};
   IedvrTiling tiling{};  // zeros: whole frames
+  // Without tilesize, tiles come from the memory plan, made before the first frame is computed
+  // (not when the script is evaluated: `vspipe --info` need not pay for it).
+  bool plan_memory = false;
+  std::once_flag planned;
+  std::string plan_error;
   Border border = Border::reflect;
   bool scene_change = true;
 };
+
+std::string mebibytes(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1024.0 * 1024.0));
+  return text;
+}
+
+// Runs the memory plan and says what it chose in VapourSynth's log (never on stdout).
+void plan_memory(UpscaleData* d, VSCore* core, const VSAPI* vsapi) {
+  const int width = d->in_vi.width, height = d->in_vi.height;
+  const int bytes = d->in_vi.format.bitsPerSample / 8, scale2 = d->model.scale * d->model.scale;
+  // This filter's own buffers per input pixel: the window it copies and the frames around it,
+  // the upscaled result and the output frame.
+  const double host_bytes_per_pixel = (2.0 * d->model.num_frames * 3 + 2.0 * 3 * scale2) * bytes;
+  IedvrPlan plan{};
+  char error[1024] = {0};
+  if (d->engines->plan(width, height, host_bytes_per_pixel, &plan, error, sizeof error) != 0) {
+    d->plan_error = error;
+    return;
+  }
+  d->tiling = plan.tiling;
+  std::string message = std::string(kName) + ": " + std::to_string(width) + "x" +
+                        std::to_string(height) + " frames ";
+  if (plan.tiling.tile_width > 0) {
+    message += "in tiles of " + std::to_string(plan.tiling.tile_width) + "x" +
+               std::to_string(plan.tiling.tile_height) + " overlapping by " +
+               std::to_string(plan.tiling.overlap_x) + "x" + std::to_string(plan.tiling.overlap_y) +
+               ", features of " + std::to_string(plan.cache_frames) + " frames cached: about " +
+               mebibytes(plan.planned_bytes) + " (whole frames would take " +
+               mebibytes(plan.whole_frame_bytes) + ")";
+  } else {
+    message += "whole, features of " + std::to_string(plan.cache_frames) +
+               " frames cached: about " + mebibytes(plan.planned_bytes);
+  }
+  message += " of the " + mebibytes(plan.budget_bytes) + " it may use; measured " +
+             std::to_string(static_cast<int>(plan.bytes_per_pixel)) +
+             " bytes per input pixel of a window, " +
+             std::to_string(static_cast<int>(plan.cache_bytes_per_pixel)) + " per cached frame";
+  vsapi->logMessage(mtInformation, message.c_str(), core);
+}
 
 // Index `i` folded into [first, last] by reflection about the ends (or clamping to them). 64-bit:
 // clips can be up to INT_MAX frames long (std.Loop), so n + radius and 2 * (last - first)
@@ -179,6 +234,13 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
     return nullptr;
   }
   if (reason != arAllFramesReady) return nullptr;
+  if (d->plan_memory) {
+    std::call_once(d->planned, plan_memory, d, core, vsapi);
+    if (!d->plan_error.empty()) {
+      vsapi->setFilterError((std::string(kName) + ": " + d->plan_error).c_str(), context);
+      return nullptr;
+    }
+  }
 
   std::map<int, const VSFrame*> frames;
   for (int k = -radius; k <= radius; ++k) {
@@ -339,20 +401,22 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     d->tiling.tile_height = vsapi->mapGetIntSaturated(in, "tilesize", tile_values - 1, nullptr);
     const int overlap_values = vsapi->mapNumElements(in, "overlap");
     if (overlap_values > 2) return fail("overlap must have 1 or 2 values (x, y)");
-    if (d->tiling.tile_width < 8 || d->tiling.tile_height < 8) {
-      return fail("tilesize must be at least 8 input pixels, got " +
+    const bool whole_frames = d->tiling.tile_width == 0 && d->tiling.tile_height == 0;
+    if (whole_frames && overlap_values > 0) return fail("overlap needs tiles; tilesize=0 means whole frames");
+    if (!whole_frames && (d->tiling.tile_width < 8 || d->tiling.tile_height < 8)) {
+      return fail("tilesize must be at least 8 input pixels (or 0 for whole frames), got " +
                   std::to_string(d->tiling.tile_width) + "x" + std::to_string(d->tiling.tile_height));
     }
     // Without overlap=: 8 pixels, or less for small tiles (under half the tile, as required).
-    const auto default_overlap = [](int tile) { return std::min(8, (tile - 1) / 2); };
+    const auto default_overlap = [](int tile) { return memory_plan::default_overlap(tile); };
     d->tiling.overlap_x = overlap_values > 0 ? vsapi->mapGetIntSaturated(in, "overlap", 0, nullptr)
                                              : default_overlap(d->tiling.tile_width);
     d->tiling.overlap_y = overlap_values > 0
                               ? vsapi->mapGetIntSaturated(in, "overlap", overlap_values - 1, nullptr)
                               : default_overlap(d->tiling.tile_height);
-    if (d->tiling.overlap_x < 0 || d->tiling.overlap_y < 0 ||
-        2 * d->tiling.overlap_x >= d->tiling.tile_width ||
-        2 * d->tiling.overlap_y >= d->tiling.tile_height) {
+    if (!whole_frames && (d->tiling.overlap_x < 0 || d->tiling.overlap_y < 0 ||
+                          2 * d->tiling.overlap_x >= d->tiling.tile_width ||
+                          2 * d->tiling.overlap_y >= d->tiling.tile_height)) {
       return fail("overlap must be at least 0 and less than half the tile size, got " +
                   std::to_string(d->tiling.overlap_x) + "x" + std::to_string(d->tiling.overlap_y) +
                   " for tiles of " + std::to_string(d->tiling.tile_width) + "x" +
@@ -360,6 +424,8 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     }
   } else if (vsapi->mapNumElements(in, "overlap") > 0) {
     return fail("overlap needs tilesize");
+  } else {
+    d->plan_memory = true;
   }
 
   const int64_t num_streams = vsapi->mapGetInt(in, "num_streams", 0, &error);

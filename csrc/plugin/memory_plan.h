@@ -1,0 +1,110 @@
+// How to run frames of a given size within a memory budget: whole or in tiles, and how many
+// frames' features the cache may keep. Pure arithmetic over costs measured on the device
+// (engine.cpp measures them), so that it reads as the rule it is.
+//
+// A window costs `fixed + per_pixel * tile pixels` on each engine (num_streams run at once), the
+// cache `cache_per_pixel * frame pixels` per kept frame, and whole-frame buffers (the input
+// window, the output, the tiles' blending sums) `frame_per_pixel * frame pixels`. Keeping the
+// cache matters more than big tiles: without it every window extracts its 5 frames' features
+// again (about 1.4x the work), while tiles of 128x128 only add about 14% in their overlaps.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace memory_plan {
+
+struct Costs {
+  double fixed = 0;            // bytes per window that do not grow with its size
+  double per_pixel = 0;        // bytes per input pixel of a window (or tile), features included
+  double cache_per_pixel = 0;  // bytes of one frame's cached features, per input pixel
+  double frame_per_pixel = 0;  // whole-frame buffers besides the windows, per input pixel
+  double tile_per_pixel = 0;   // what tiling adds per input pixel of a tile (blending)
+  double blend_per_pixel = 0;  // what tiling adds per input pixel of the frame (the sums)
+};
+
+struct Plan {
+  int64_t tile_width = 0, tile_height = 0;  // 0: whole frames
+  int overlap_x = 0, overlap_y = 0;
+  size_t cache_frames = 0;
+  double bytes = 0;  // the estimate for this plan
+};
+
+// The overlap the filter uses for tiles the user sized without one: 8 pixels, less than half a
+// small tile.
+inline int default_overlap(int64_t tile) {
+  return static_cast<int>(std::min<int64_t>(8, (tile - 1) / 2));
+}
+
+// The tile size along one axis for at most `tile` pixels: as many tiles as needed, then each made
+// as small as that count allows (less work in the overlaps), rounded up to the network's multiple
+// of 4 where that still fits (the network pads to it anyway).
+inline int64_t balanced(int64_t length, int64_t tile) {
+  if (tile >= length) return length;
+  const int overlap = default_overlap(tile);
+  const int64_t count = (length - overlap + (tile - overlap) - 1) / (tile - overlap);
+  const int64_t even = (length - overlap + count - 1) / count + overlap;
+  return std::min({tile, length, (even + 3) / 4 * 4});
+}
+
+// Tiles of at most `pixels` input pixels: square, or strips as wide (tall) as a narrow frame.
+inline void shape_tiles(int64_t width, int64_t height, double pixels, Plan& plan) {
+  int64_t tile_w = static_cast<int64_t>(std::sqrt(pixels)), tile_h = tile_w;
+  if (tile_w >= width) {
+    tile_w = width;
+    tile_h = std::min<int64_t>(height, static_cast<int64_t>(pixels / width));
+  } else if (tile_h >= height) {
+    tile_h = height;
+    tile_w = std::min<int64_t>(width, static_cast<int64_t>(pixels / height));
+  }
+  plan.tile_width = balanced(width, tile_w);
+  plan.tile_height = balanced(height, tile_h);
+  plan.overlap_x = plan.tile_width < width ? default_overlap(plan.tile_width) : 0;
+  plan.overlap_y = plan.tile_height < height ? default_overlap(plan.tile_height) : 0;
+}
+
+// The smallest tile side worth keeping the cache for, and the smallest tile at all.
+constexpr int64_t kMinCachedTile = 128, kMinTile = 16;
+
+// The plan for width x height frames: whole frames with the full cache if they fit, then whole
+// frames with a cache of one window, then tiles with the full cache, one window's or none.
+// `full_cache` is the capacity the engines asked for ((frames + 2) per engine), `window` the
+// frames in a window. Returns false when not even the smallest tiles fit.
+inline bool choose(int64_t width, int64_t height, int streams, size_t full_cache, size_t window,
+                   const Costs& costs, double budget, Plan& plan) {
+  const double pixels = static_cast<double>(width) * height;
+  const std::vector<size_t> caches = full_cache > window ? std::vector<size_t>{full_cache, window}
+                                                         : std::vector<size_t>{full_cache};
+  for (const size_t cache : caches) {
+    const double bytes = streams * (costs.fixed + costs.per_pixel * pixels) +
+                         cache * costs.cache_per_pixel * pixels + costs.frame_per_pixel * pixels;
+    if (bytes <= budget) {
+      plan = Plan{0, 0, 0, 0, cache, bytes};
+      return true;
+    }
+  }
+  std::vector<size_t> tiled_caches = caches;
+  tiled_caches.push_back(0);
+  for (const size_t cache : tiled_caches) {
+    const double frame_bytes =
+        (cache * costs.cache_per_pixel + costs.frame_per_pixel + costs.blend_per_pixel) * pixels;
+    const double per_tile_pixel = streams * (costs.per_pixel + costs.tile_per_pixel);
+    const double tile_pixels = (budget - frame_bytes - streams * costs.fixed) / per_tile_pixel;
+    const int64_t min_side = cache > 0 ? kMinCachedTile : kMinTile;
+    const double min_pixels = static_cast<double>(std::min(min_side, width)) *
+                              static_cast<double>(std::min(min_side, height));
+    if (tile_pixels < min_pixels) continue;
+    plan = Plan{};
+    plan.cache_frames = cache;
+    shape_tiles(width, height, tile_pixels, plan);
+    plan.bytes = frame_bytes + streams * costs.fixed +
+                 per_tile_pixel * static_cast<double>(plan.tile_width * plan.tile_height);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace memory_plan
