@@ -67,8 +67,10 @@ def fit_photos(photos: list[Path], room: int) -> tuple[float, dict[Path, bytes] 
     total = sum(p.stat().st_size for p in photos)
     if total <= room:
         return 1.0, None
-    # File size grows about as the area: start just above the factor that estimate gives.
-    factor = min(1.0, round(math.ceil(math.sqrt(room / total) / FACTOR_STEP + 1) * FACTOR_STEP, 2))
+    # JPEG bytes shrink more slowly than the area (a reduced photograph has more detail per
+    # pixel): as the factor to the power 1.5 or more here. Start a step above that estimate.
+    estimate = (room / total) ** (1 / 1.5)
+    factor = min(1.0, round(math.ceil(estimate / FACTOR_STEP + 1) * FACTOR_STEP, 2))
     while factor > FACTOR_STEP:
         encoded = {p: reduced_jpeg(p, factor) for p in photos}
         size = sum(len(b) for b in encoded.values())

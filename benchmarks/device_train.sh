@@ -43,7 +43,9 @@ if [ "${1:-}" = "--prepare" ]; then
   ignore_in_git .devicedata
   "$VENV/bin/python" benchmarks/device_data.py data/default .devicedata --max-mib 48
   # The call carries the working tree (tracked and untracked files that git does not ignore) too.
-  tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+  # (Files deleted but not yet committed are listed and skipped.)
+  tree=$(git ls-files -co --exclude-standard -z | xargs -0 -r stat -c %s 2>/dev/null \
+    | awk '{ bytes += $1 } END { print bytes + 0 }' || true)
   packed=$(du -sb .devicedata | cut -f1)
   echo "packed .devicedata: $((packed / 1024)) KiB; with the working tree ($((tree / 1024)) KiB):" \
     "$(((packed + tree) / 1024 / 1024)) MiB of the call's 64 MiB"

@@ -304,8 +304,7 @@ def reduce_photo(path: Path, source: PhotoSource):
 def fetch(out: Path) -> None:
     if (out / "PROVENANCE.md").exists():  # written last: the folder is complete
         return
-    # Absolute: apt-get and dpkg run inside downloads/, where a relative OUT would point elsewhere.
-    downloads = out.resolve() / "downloads"
+    downloads = out / "downloads"
     photos = out / "train" / "photos"
     for folder in (downloads, photos, out / "held_out"):
         folder.mkdir(parents=True, exist_ok=True)

@@ -325,7 +325,8 @@ def train(config: TrainConfig) -> Path | None:
                     best_psnr = val_psnr
                     save(best_path, step)
             print(f"step {step}/{config.iterations} loss {mean_loss:.5f} lr {lr:.2e} "
-                  f"offsets {offsets:.2f} {rate:.2f} it/s, {left / 3600:.1f} h left"
+                  f"offsets {offsets:.2f} {rate:.2f} it/s, "
+                  + (f"{left / 3600:.1f} h left" if left >= 3600 else f"{left / 60:.1f} min left")
                   + (f", val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}" if val_psnr != "" else ""),
                   flush=True)
             log.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{offsets:.3f}", f"{rate:.3f}",
