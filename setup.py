@@ -7,7 +7,7 @@ namespace is registered once per process.
 
 Environment:
   IEDVR_CUDA=auto|1|0   build the CUDA kernels when nvcc is found (auto), always (1) or never (0)
-  TORCH_CUDA_ARCH_LIST   GPU generations to compile for (default: Turing to Hopper, PTX for newer)
+  TORCH_CUDA_ARCH_LIST   GPU generations to compile for (default: Turing to Blackwell, PTX for newer)
   MAX_JOBS               parallel compile jobs
 """
 
@@ -39,8 +39,11 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
 
 from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME on import)
 
-# Turing (RTX 20xx) to Hopper (H100); the PTX of 9.0 is compiled on the fly for newer GPUs.
-DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+# Turing (RTX 20xx) to Hopper (H100), and Blackwell: 10.0 (B200; its code also runs on 10.3, B300)
+# and 12.0 (RTX 50xx; also runs on 12.1). The PTX of 9.0 is compiled on the fly by the driver for
+# GPUs without code of their own here (11.0, Jetson Thor, and later generations); PTX of 12.0 would
+# not serve 10.x or 11.0.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX;10.0;12.0"
 
 
 def build_cuda() -> bool:
