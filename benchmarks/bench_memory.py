@@ -16,13 +16,13 @@ import sys
 import textwrap
 
 CHILD = textwrap.dedent("""
-    import json, sys, time
+    import hashlib, json, sys, time
     import numpy as np
     import vapoursynth as vs
     core = vs.core
     messages = []
     core.add_log_handler(lambda kind, text: messages.append(text))
-    width, height, fp16, tilesize, model = json.loads(sys.argv[1])
+    width, height, fp16, tilesize, overlap, model = json.loads(sys.argv[1])
     blank = core.std.BlankClip(width=width, height=height, format=vs.RGBS, length=5)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     def fill(n, f):
@@ -34,21 +34,26 @@ CHILD = textwrap.dedent("""
     arguments = {"device_index": -1, "fp16": fp16}
     if tilesize is not None:
         arguments["tilesize"] = tilesize
+    if overlap is not None:
+        arguments["overlap"] = overlap
     if model:
         arguments["model"] = model
     start = time.perf_counter()
     up = core.iedvr.Upscale(clip, **arguments)
-    up.get_frame(2)
+    frame = up.get_frame(2)
     seconds = time.perf_counter() - start
+    digest = hashlib.sha256(b"".join(bytes(frame[p]) for p in range(3))).hexdigest()
     status = open("/proc/self/status").read()
     peak_kib = int(status.split("VmHWM:")[1].split()[0])
     plan = next((m for m in messages if m.startswith("Upscale:")), "")
-    sys.stderr.write(json.dumps({"peak": peak_kib * 1024, "seconds": seconds, "plan": plan}) + "\\n")
+    sys.stderr.write(json.dumps({"peak": peak_kib * 1024, "seconds": seconds, "plan": plan,
+                                 "sha256": digest}) + "\\n")
 """)
 
 
-def run(width, height, fp16, tilesize, model):
-    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps([width, height, fp16, tilesize, model])],
+def run(width, height, fp16, tilesize, model, overlap=None):
+    result = subprocess.run([sys.executable, "-c", CHILD,
+                             json.dumps([width, height, fp16, tilesize, overlap, model])],
                             capture_output=True, text=True)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["killed"])[-1]}
@@ -72,6 +77,9 @@ def main():
                         help="input sizes WIDTHxHEIGHT")
     parser.add_argument("--fp16", action="store_true", help="16-bit inference (bfloat16 on the CPU)")
     parser.add_argument("--model", default="", help="a model file (default: the shipped weights)")
+    parser.add_argument("--check-tiles", action="store_true",
+                        help="where the plan tiles, run its tiles again as an explicit tilesize "
+                             "and overlap and compare the frames")
     args = parser.parse_args()
     fp16 = 1 if args.fp16 else 0
     print(f"precision: {'bfloat16' if fp16 else 'float32'}, CPU; memory available now: "
@@ -95,6 +103,13 @@ def main():
                   f"| {gib(planned['peak'])} | {planned['seconds']:.1f} |")
         whole_mib = float(whole_estimate[1]) if whole_estimate else (float(estimate[1]) if estimate else 0)
         whole_gib = whole_mib / 1024
+        if tiles and args.check_tiles and "error" not in planned:
+            explicit = run(width, height, fp16, [int(v) for v in tiles[1].split("x")], args.model,
+                           overlap=[int(v) for v in tiles[2].split("x")])
+            same = explicit.get("sha256") == planned["sha256"]
+            print(f"| {size} | explicit tilesize={tiles[1]}, overlap={tiles[2]} | "
+                  f"{'the same frame' if same else 'A DIFFERENT FRAME'} | | "
+                  f"{gib(explicit.get('peak', 0))} | {explicit.get('seconds', 0):.1f} |")
         if tiles is None and "error" not in planned:
             continue  # the plan already ran whole frames
         if whole_gib * 2**30 > available_bytes() / 2:

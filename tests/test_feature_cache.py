@@ -93,7 +93,8 @@ def test_filter_output_equals_the_eager_network_in_any_order(setup):
             np.asarray(out[plane])[:] = frames[n, plane]
         return out
 
-    clip = core.iedvr.Upscale(core.std.ModifyFrame(blank, blank, fill), model=str(split), num_streams=2)
+    clip = core.iedvr.Upscale(core.std.ModifyFrame(blank, blank, fill), model=str(split), num_streams=2,
+                             fp16=0)
     order = list(range(LENGTH))
     random.Random(4).shuffle(order)
     for n in order:

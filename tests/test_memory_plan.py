@@ -173,8 +173,8 @@ def test_out_of_memory_during_a_frame_retries_with_smaller_tiles(small_model):
     # out of memory), while tiles half the size fit: the frame comes back, equal to those tiles,
     # and the next frame uses them straight away.
     result = run_child("""
-        up = core.iedvr.Upscale(clip, model={model}, device_index=-1, tilesize=0)
-        reference = core.iedvr.Upscale(clip, model={model}, device_index=-1, tilesize=[160, 120],
+        up = core.iedvr.Upscale(clip, model={model}, device_index=-1, tilesize=0, fp16=0)
+        reference = core.iedvr.Upscale(clip, model={model}, device_index=-1, fp16=0, tilesize=[160, 120],
                                        overlap=[8, 8])
         expected = [planes(reference.get_frame(n)) for n in (2, 3)]
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)

@@ -66,7 +66,7 @@ def reflect(i, first, last):
 @pytest.mark.parametrize("n", [0, 1, LENGTH // 2, LENGTH - 2, LENGTH - 1])
 def test_frames_equal_the_eager_network(network_and_model, frames, n):
     net, path = network_and_model
-    out = core.iedvr.Upscale(clip_of(frames), model=path)
+    out = core.iedvr.Upscale(clip_of(frames), model=path, fp16=0)
     assert (out.width, out.height, out.num_frames) == (4 * WIDTH, 4 * HEIGHT, LENGTH)
     window = [reflect(n + k, 0, LENGTH - 1) for k in range(-2, 3)]
     np.testing.assert_allclose(planes(out.get_frame(n)), expected(net, frames, window), atol=1e-5)
@@ -74,7 +74,7 @@ def test_frames_equal_the_eager_network(network_and_model, frames, n):
 
 def test_replicate_border(network_and_model, frames):
     net, path = network_and_model
-    out = core.iedvr.Upscale(clip_of(frames), model=path, border="replicate")
+    out = core.iedvr.Upscale(clip_of(frames), model=path, border="replicate", fp16=0)
     np.testing.assert_allclose(planes(out.get_frame(0)), expected(net, frames, [0, 0, 0, 1, 2]),
                                atol=1e-5)
 
@@ -84,12 +84,12 @@ def test_scene_change_splits_the_window(network_and_model, frames):
     # A cut between frames 3 and 4, marked on both sides as scene detectors do.
     props = {3: {"_SceneChangeNext": 1}, 4: {"_SceneChangePrev": 1}}
     clip = clip_of(frames, props=props)
-    out = core.iedvr.Upscale(clip, model=path)
+    out = core.iedvr.Upscale(clip, model=path, fp16=0)
     np.testing.assert_allclose(planes(out.get_frame(3)), expected(net, frames, [1, 2, 3, 2, 1]),
                                atol=1e-5)
     np.testing.assert_allclose(planes(out.get_frame(4)), expected(net, frames, [6, 5, 4, 5, 6]),
                                atol=1e-5)
-    ignoring = core.iedvr.Upscale(clip, model=path, scene_change=0)
+    ignoring = core.iedvr.Upscale(clip, model=path, scene_change=0, fp16=0)
     np.testing.assert_allclose(planes(ignoring.get_frame(3)), expected(net, frames, [1, 2, 3, 4, 5]),
                                atol=1e-5)
 
@@ -103,7 +103,7 @@ def test_frame_properties_of_the_centre_frame_are_kept(network_and_model, frames
 
 def test_rgbh_clip(network_and_model, frames):
     net, path = network_and_model
-    out = core.iedvr.Upscale(clip_of(frames, format=vs.RGBH), model=path)
+    out = core.iedvr.Upscale(clip_of(frames, format=vs.RGBH), model=path, fp16=0)
     assert out.format.id == vs.RGBH
     halves = frames.half().float()
     np.testing.assert_allclose(planes(out.get_frame(2)), expected(net, halves, [0, 1, 2, 3, 4]),
@@ -122,6 +122,21 @@ def test_fp16_on_the_cpu_computes_in_bfloat16(network_and_model, frames):
     # As close to float32 as the network run eagerly in bfloat16 is, and close to that run.
     assert np.abs(out - exact).mean() < 2 * np.abs(in_bf16 - exact).mean()
     np.testing.assert_allclose(out, in_bf16, atol=3e-2)
+
+
+def test_16_bit_is_the_cpu_default_where_the_cpu_computes_it(network_and_model, frames):
+    # As OpenVINO does: bfloat16 by default on CPUs with AVX512-BF16 or AMX, float32 elsewhere.
+    from vs_iedvr.precision import cpu_has_native_bfloat16
+
+    _, path = network_and_model
+    default = planes(core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1).get_frame(2))
+    native = cpu_has_native_bfloat16()
+    chosen = planes(core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1,
+                                       fp16=int(native)).get_frame(2))
+    other = planes(core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1,
+                                      fp16=int(not native)).get_frame(2))
+    np.testing.assert_array_equal(default, chosen)
+    assert not np.array_equal(default, other)
 
 
 # float32 on CUDA: cuDNN may run its convolutions in TF32 (torch's default), hence 5e-3.
@@ -290,8 +305,9 @@ def smooth_frames(length=5, height=40, width=56):
 def test_tiles_match_the_whole_frame_without_seams(network_and_model, tilesize, overlap):
     _, path = network_and_model
     clip = clip_of(smooth_frames())
-    whole = planes(core.iedvr.Upscale(clip, model=path).get_frame(2))
-    tiled = planes(core.iedvr.Upscale(clip, model=path, tilesize=tilesize, overlap=overlap).get_frame(2))
+    whole = planes(core.iedvr.Upscale(clip, model=path, fp16=0).get_frame(2))
+    tiled = planes(core.iedvr.Upscale(clip, model=path, tilesize=tilesize, overlap=overlap,
+                                      fp16=0).get_frame(2))
     difference = tiled - whole
     # The network sees less context at tile borders (and per-tile channel statistics), so tiles
     # differ slightly from the whole frame; the cross-fade keeps that difference smooth: a seam

@@ -251,6 +251,18 @@ def test_evaluate_scores_model_and_bicubic(dataset_root, tmp_path):
     assert per_clip["clips/000"] == pytest.approx(expected)
 
 
+def test_evaluate_in_bfloat16_is_close_to_float32_but_computed_in_it(dataset_root, tmp_path):
+    from vs_iedvr.training.evaluate import evaluate
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    clips = [str(dataset_root / "clips")]
+    full = evaluate(path, clips, max_frames=3)["model"]["psnr_y"][1]
+    half = evaluate(path, clips, max_frames=3, fp16=True)["model"]["psnr_y"][1]
+    assert half != full and abs(half - full) < 0.1
+
+
 def test_evaluate_reads_video_files_like_frame_folders(tmp_path):
     from vs_iedvr.training.evaluate import evaluate
 

@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     evaluate_parser.add_argument("--degradation", choices=("BI", "BD"), default="BI")
     evaluate_parser.add_argument("--crop-border", type=int, default=0)
     evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
+    evaluate_parser.add_argument("--fp16", action="store_true",
+                                 help="run the model in bfloat16, as the plugin's 16-bit CPU inference")
     fetch_parser = commands.add_parser("fetch-data", help="download the default weights' data")
     fetch_parser.add_argument("out", help="folder to fill (train/, held_out/, PROVENANCE.md)")
     args = parser.parse_args(argv)

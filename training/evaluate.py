@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from vs_iedvr import model_file
+from vs_iedvr.precision import sixteen_bit
 
 from .data import VIDEO_SUFFIXES, decode_video, degrade, frame_folders, read_image
 from .degradations import bicubic_upscale
@@ -39,21 +40,25 @@ def load_clip(frames: tuple[Path, ...], scale: int, max_frames: int = 0) -> torc
 
 
 @torch.no_grad()
-def upscale_clip(model, low: torch.Tensor, num_frames: int) -> torch.Tensor:
+def upscale_clip(model, low: torch.Tensor, num_frames: int,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     half = num_frames // 2
     outputs = []
     for n in range(low.shape[0]):
         window = low[[reflect(n + d, low.shape[0]) for d in range(-half, half + 1)]]
-        outputs.append(model(window[None])[0].clamp(0, 1))
+        outputs.append(model(window[None].to(dtype))[0].float().clamp(0, 1))
     return torch.stack(outputs)
 
 
 def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_border: int = 0,
-             max_frames: int = 0, cache: str = "runs/decoded") -> dict:
+             max_frames: int = 0, cache: str = "runs/decoded", fp16: bool = False) -> dict:
     """Scores per clip and overall for the model and for bicubic: {method: {metric: (per_clip,
     mean)}} with metrics psnr_y, ssim_y, psnr_rgb, ssim_rgb. Clips are folders of frames or video
-    files (decoded once into `cache`)."""
+    files (decoded once into `cache`). fp16: run the model in 16-bit as the plugin's fp16=1 does
+    on the CPU (bfloat16 weights and frames)."""
     model, metadata = model_file.load_model(model_path)
+    dtype = sixteen_bit(torch.device("cpu")) if fp16 else torch.float32
+    model = model.to(dtype)
     scale, num_frames = metadata["scale"], metadata["num_frames"]
     clips = []
     for root in map(Path, clip_roots):
@@ -68,7 +73,8 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
     for clip in clips:
         high = load_clip(clip.frames, scale, max_frames)
         low = degrade(high, scale, degradation)
-        results = {"bicubic": bicubic_upscale(low, scale), "model": upscale_clip(model, low, num_frames)}
+        results = {"bicubic": bicubic_upscale(low, scale),
+                   "model": upscale_clip(model, low, num_frames, dtype)}
         for method, upscaled in results.items():
             upscaled = quantise(upscaled)
             for frame, truth in zip(upscaled, high):
@@ -83,11 +89,11 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
 
 def evaluate_command(args) -> int:
     results = evaluate(args.model, args.clips, args.degradation, args.crop_border, args.max_frames,
-                       args.cache)
+                       args.cache, args.fp16)
     clips = list(results["model"]["psnr_y"][0])
     header = f"{'clip':30s} {'bicubic PSNR-Y':>15s} {'SSIM-Y':>7s} {'model PSNR-Y':>13s} {'SSIM-Y':>7s}"
     print(f"{args.model}, {args.degradation} x{model_file.read_metadata(args.model)['scale']}, "
-          f"crop border {args.crop_border}")
+          f"crop border {args.crop_border}, {'bfloat16' if args.fp16 else 'float32'}")
     print(header)
     for clip in clips:
         row = [results[m][k][0][clip] for m in ("bicubic", "model") for k in ("psnr_y", "ssim_y")]

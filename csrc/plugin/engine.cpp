@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -115,6 +116,24 @@ void load_operator_library() {
     throw std::runtime_error("cannot load the operator library " + path.string() + ": " +
                              dlerror());
   }
+}
+
+// CPUs that compute bfloat16 natively (AVX512-BF16, or AMX): there 16-bit inference is the
+// default, as OpenVINO's is; elsewhere bfloat16 would be emulated and slower than float32.
+bool cpu_has_native_bfloat16() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("flags", 0) == 0) {
+      std::istringstream flags(line.substr(line.find(':') + 1));
+      std::string flag;
+      while (flags >> flag) {
+        if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+      }
+      return false;
+    }
+  }
+  return false;
 }
 
 // The format versions this engine reads (model_file.FORMAT_VERSION on the Python side).
@@ -245,9 +264,11 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
     engine->module.eval();
     // 16-bit inference: float16 on CUDA; bfloat16 on the CPU, whose AVX512-BF16 and AMX units
-    // run it (float16 would be emulated there). A model file may store its weights in float16
-    // (the default model does, to stay small); they are converted either way.
-    if (precision == 1 || (precision == -1 && engine->device.is_cuda())) {
+    // run it (float16 would be emulated there). By default wherever the device computes it
+    // natively. A model file may store its weights in float16 (the default model does, to stay
+    // small); they are converted either way.
+    if (precision == 1 ||
+        (precision == -1 && (engine->device.is_cuda() || cpu_has_native_bfloat16()))) {
       engine->dtype = engine->device.is_cuda() ? torch::kHalf : torch::kBFloat16;
     }
     engine->module.to(engine->dtype);

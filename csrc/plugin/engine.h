@@ -15,8 +15,8 @@ typedef struct IedvrModelInfo {
 } IedvrModelInfo;
 
 // device: -2 picks the first CUDA device if there is one, else the CPU; -1 the CPU; n >= 0 CUDA
-// device n. precision: 0 float32; 1 16-bit (float16 on CUDA, bfloat16 on the CPU); -1 float16 on
-// CUDA and float32 on the CPU.
+// device n. precision: 0 float32; 1 16-bit (float16 on CUDA, bfloat16 on the CPU); -1 16-bit on
+// CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX), float32 on other CPUs.
 // share_cache_with: null, or an engine of the same filter (same model, device, precision, frame
 // size and tiling) whose cache of per-frame features this one shares. Returns null and writes a
 // message on failure.

@@ -438,7 +438,7 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
   const EngineLibrary* library = load_engine(load_error);
   if (library == nullptr) return fail(load_error);
   d->engines = std::make_unique<EnginePool>(library);
-  // Without fp16=..., the engine picks: FP16 on CUDA, float32 on the CPU.
+  // Without fp16=..., the engine picks: 16-bit where the device computes it natively.
   const int precision = fp16_given ? (fp16_arg != 0 ? 1 : 0) : -1;
   for (int i = 0; i < streams; ++i) {
     char message[1024] = {0};
