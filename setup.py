@@ -1,5 +1,6 @@
 """Builds the compiled part of vs-iedvr against the installed torch (so install it with
-`pip install --no-build-isolation .`; the `./run` script does that for you).
+`pip install --no-build-isolation .`; the `./run` script does that for you, and `./run wheel`
+makes a binary wheel that installs without a compiler).
 
 libiedvr_ops.so holds the iedvr operators (TORCH_LIBRARY). Python loads it with
 torch.ops.load_library and the VapourSynth plugin will dlopen the same file, so the operator
@@ -17,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 
 
 def find_cuda_home() -> str | None:
@@ -125,7 +127,33 @@ def vapoursynth_plugin_extension():
     )
 
 
+def runtime_requirements() -> list[str]:
+    """The libraries link libtorch's C++ API, which has no stable ABI between releases: they run
+    only with the torch release they were compiled against, so the package requires exactly that
+    one. Pinned by its public version (2.14.1 of 2.14.1+cu130), which pip also accepts for that
+    release's builds with a local label. Libraries built with the CUDA kernels also need torch's
+    CUDA libraries, which a CPU-only torch lacks."""
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", "vapoursynth>=74", "numpy", "ninja", "vsutil"]
+
+
+class PlatformWheel(bdist_wheel):
+    """Tags the wheel py3-none-<platform>: the compiled libraries never touch Python's C API (they
+    are loaded by dlopen from VapourSynth and torch.ops.load_library, and Python >= 3.12 is
+    required by the metadata), so one wheel serves every Python version, as the
+    vapoursynth-bestsource wheel does."""
+
+    def get_tag(self):
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
 setup(
     ext_modules=[ops_extension(), engine_extension(), vapoursynth_plugin_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)},
+    install_requires=runtime_requirements(),
+    cmdclass={
+        "build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True),
+        "bdist_wheel": PlatformWheel,
+    },
 )
