@@ -100,8 +100,10 @@ def ops_extension():
 
 
 def engine_extension():
-    """The libtorch inference engine that the VapourSynth filter loads on first use."""
-    return cpp_extension.CppExtension(
+    """The libtorch inference engine that the VapourSynth filter loads on first use. With the CUDA
+    toolkit it also reads the GPU's free memory and torch's CUDA allocator statistics (for the
+    memory plan); without it, it runs on CUDA all the same."""
+    kwargs = dict(
         name="vs_iedvr.libiedvr_engine",
         sources=["csrc/plugin/engine.cpp"],
         extra_compile_args={"cxx": ["-O2"]},
@@ -111,6 +113,13 @@ def engine_extension():
                          "-Wl,-rpath,$ORIGIN/../torch/lib"],
         py_limited_api=True,
     )
+    if build_cuda():
+        kwargs["define_macros"] = [("IEDVR_WITH_CUDA", None)]
+        kwargs["include_dirs"] = [str(d / "include") for d in nvidia_wheel_dirs()]
+        kwargs["extra_link_args"] += [f"-Wl,-rpath,$ORIGIN/../nvidia/{d.name}/lib"
+                                      for d in nvidia_wheel_dirs()]
+        return cpp_extension.CUDAExtension(**kwargs)
+    return cpp_extension.CppExtension(**kwargs)
 
 
 def vapoursynth_plugin_extension():
