@@ -291,3 +291,123 @@ def test_cuda_gradcheck_float64():
                 deformable_groups=2)
     tensors = [t.requires_grad_(True) for t in case.tensors(device="cuda")]
     assert torch.autograd.gradcheck(lambda *t: op(*t, *case.conv_args()), tensors)
+
+
+# The shape errors among BAD_ARGUMENTS: the fake kernel must raise them too, since torch.compile
+# and torch.export trace with fake tensors and never reach the C++ checks.
+SHAPE_ERRORS = [b for b in BAD_ARGUMENTS if b[0] in (
+    "input_3d", "weight_channels", "offset_channels", "mask_channels", "offset_size", "bias_size",
+    "mixed_dtype", "dg_not_divisor", "groups_not_divisor", "no_rows", "too_small")]
+
+
+def bad_arguments(corrupt):
+    input, offset, mask, weight, bias = Case("bad").tensors(dtype=torch.float32)
+    args = dict(input=input, offset=offset, mask=mask, weight=weight, bias=bias, stride=[1, 1],
+                padding=[1, 1], dilation=[1, 1], groups=1, deformable_groups=1)
+    corrupt(args)
+    return list(args.values())
+
+
+@pytest.mark.parametrize("name, corrupt, message", SHAPE_ERRORS, ids=[b[0] for b in SHAPE_ERRORS])
+def test_fake_kernel_rejects_what_the_kernel_rejects(name, corrupt, message):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = bad_arguments(corrupt)
+    mode = FakeTensorMode()
+    fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+    with mode, pytest.raises(RuntimeError, match=message):
+        op(*fake)
+
+
+@pytest.mark.parametrize("name", ["offset_size", "weight_channels", "mask_channels"])
+def test_compiled_call_reports_the_shape_error(name):
+    corrupt, message = next((c, m) for n, c, m in SHAPE_ERRORS if n == name)
+    args = bad_arguments(corrupt)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: op(*a) * 2, backend="aot_eager", fullgraph=True)
+    # Raised while tracing (TorchRuntimeError), not by the kernel when the compiled code runs.
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=message):
+        compiled(*args)
+
+    class Layer(torch.nn.Module):
+        def forward(self, input, offset, mask, weight, bias):
+            return op(input, offset, mask, weight, bias, *args[5:])
+
+    with pytest.raises(RuntimeError, match=message):  # export runs no kernel at all
+        torch.export.export(Layer(), tuple(args[:5]))
+
+
+def test_fake_kernel_shapes_follow_stride_padding_dilation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    case = Case("geometry", batch=2, height=11, width=13, stride=(2, 3), padding=(2, 1),
+                dilation=(2, 1), kernel=(3, 2), groups=2, deformable_groups=2, out_channels=6)
+    real = case.tensors(dtype=torch.float32)
+    expected = op(*real, *case.conv_args()).shape
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) if t is not None else None for t in real]
+        assert op(*fake, *case.conv_args()).shape == expected
+
+
+MASKS = {"input": [True, False, False, False, False],
+         "offset_and_mask": [False, True, True, False, False],
+         "weight_and_bias": [False, False, False, True, True],
+         "input_and_weight": [True, False, False, True, False],
+         "none": [False] * 5}
+
+
+@pytest.mark.parametrize("wanted", MASKS.values(), ids=MASKS.keys())
+def test_backward_computes_only_the_gradients_asked_for(wanted):
+    case = Case("mask", batch=2, in_channels=8, out_channels=6, groups=2, deformable_groups=2,
+                stride=(2, 1), height=9, width=10)
+    tensors = case.tensors()
+    grad_output = torch.randn(op(*tensors, *case.conv_args()).shape, dtype=torch.float64)
+    grads = torch.ops.iedvr.modulated_deform_conv2d_backward(grad_output, *tensors,
+                                                            *case.conv_args(), wanted)
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    expected = torch.autograd.grad(modulated_deform_conv2d_reference(*leaves, *case.conv_args()),
+                                   leaves, grad_output)
+    for name, grad, want, reference in zip(("input", "offset", "mask", "weight", "bias"), grads,
+                                           wanted, expected):
+        if want:
+            torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-9,
+                                       msg=lambda m: f"{name}: {m}")
+        else:
+            assert grad is None, name
+
+
+def test_autograd_asks_only_for_the_gradients_of_inputs_that_require_them():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    backward_op = torch.ops.iedvr.modulated_deform_conv2d_backward.default
+    masks = []
+
+    class RecordMasks(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is backward_op:
+                masks.append(list(args[11]))
+            return func(*args, **(kwargs or {}))
+
+    case = Case("frozen", deformable_groups=2)
+    input, offset, mask, weight, bias = case.tensors()
+    # A frozen layer's weight and bias, with the offsets trained: the alignment's usual case when
+    # fine-tuning only the offset predictors.
+    input, offset = input.requires_grad_(True), offset.requires_grad_(True)
+    out = op(input, offset, mask, weight, bias, *case.conv_args())
+    with RecordMasks():
+        grad_input, grad_offset = torch.autograd.grad(out.square().sum(), (input, offset))
+    assert masks == [[True, True, False, False, False]]
+    leaves = [t.detach().requires_grad_(True) for t in (input, offset)]
+    reference = modulated_deform_conv2d_reference(leaves[0], leaves[1], mask, weight, bias,
+                                                  *case.conv_args())
+    expected = torch.autograd.grad(reference.square().sum(), leaves)
+    torch.testing.assert_close(grad_input, expected[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad_offset, expected[1], rtol=1e-9, atol=1e-9)
+
+
+def test_opcheck_backward_with_a_partial_mask():
+    case = Case("opcheck", in_channels=4, out_channels=4, height=6, width=5, deformable_groups=2)
+    tensors = case.tensors(dtype=torch.float32)
+    grad_output = torch.randn(op(*tensors, *case.conv_args()).shape)
+    torch.library.opcheck(torch.ops.iedvr.modulated_deform_conv2d_backward.default,
+                          (grad_output, *tensors, *case.conv_args(), [True, False, True, False, True]))

@@ -79,49 +79,108 @@ def output_size(input_size, weight_size, stride, padding, dilation) -> tuple[int
     )
 
 
+def _check_args(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                deformable_groups) -> tuple[int, int]:
+    """The C++ operator's argument checks (csrc/dcn/dcn_op.cpp), with its messages, for the fake
+    kernels: torch.compile and torch.export trace with fake tensors and never run the C++ checks,
+    so without these a wrong shape would surface later as a different error, or none. With
+    symbolic sizes each check becomes a guard or a runtime assertion of the traced program.
+    Returns the output's spatial size."""
+    op = "iedvr::modulated_deform_conv2d: "
+    for tensor, name, layout in (
+        (input, "input", "[N, C_in, H, W]"),
+        (offset, "offset", "[N, 2 * deformable_groups * kh * kw, H_out, W_out]"),
+        (mask, "mask", "[N, deformable_groups * kh * kw, H_out, W_out]"),
+        (weight, "weight", "[C_out, C_in / groups, kh, kw]"),
+    ):
+        torch._check(tensor.dim() == 4, lambda: f"{op}{name} must be a 4-D tensor {layout}, "
+                                                f"got {tensor.dim()}-D with shape {list(tensor.shape)}")
+    torch._check(input.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                 lambda: f"{op}input must be float32, float64, float16 or bfloat16, got {input.dtype}")
+    for tensor, name in ((offset, "offset"), (mask, "mask"), (weight, "weight"), (bias, "bias")):
+        if tensor is not None:
+            torch._check(tensor.dtype == input.dtype,
+                         lambda: f"{op}{name} has dtype {tensor.dtype} but input has {input.dtype}")
+    torch._check(groups >= 1 and deformable_groups >= 1,
+                 lambda: f"{op}groups and deformable_groups must be >= 1, got {groups} and "
+                         f"{deformable_groups}")
+    torch._check(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0,
+                 lambda: f"{op}stride and dilation must be >= 1 and padding >= 0, got {stride}, "
+                         f"{dilation} and {padding}")
+    batch, in_channels = input.shape[:2]
+    out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    torch._check(in_channels >= 1 and input.shape[2] >= 1 and input.shape[3] >= 1,
+                 lambda: f"{op}input must have at least one channel, row and column, got shape "
+                         f"{list(input.shape)}")
+    torch._check(out_channels >= 1 and kh >= 1 and kw >= 1,
+                 lambda: f"{op}weight must have at least one output channel and a kernel size "
+                         f">= 1, got shape {list(weight.shape)}")
+    torch._check(in_channels % groups == 0 and out_channels % groups == 0,
+                 lambda: f"{op}input channels ({in_channels}) and output channels "
+                         f"({out_channels}) must be divisible by groups ({groups})")
+    torch._check(weight.shape[1] * groups == in_channels,
+                 lambda: f"{op}weight must have shape [C_out, C_in / groups, kh, kw] with "
+                         f"C_in / groups = {in_channels // groups}, got weight shape "
+                         f"{list(weight.shape)}")
+    torch._check(in_channels % deformable_groups == 0,
+                 lambda: f"{op}input channels ({in_channels}) must be divisible by "
+                         f"deformable_groups ({deformable_groups})")
+    out_h, out_w = output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    torch._check(out_h >= 1 and out_w >= 1,
+                 lambda: f"{op}input of {input.shape[2]}x{input.shape[3]} with padding "
+                         f"{list(padding)} is smaller than the dilated kernel")
+    taps = kh * kw
+    for tensor, name, expected, layout in (
+        (offset, "offset", [batch, 2 * deformable_groups * taps, out_h, out_w],
+         "[N, 2 * deformable_groups * kh * kw, H_out, W_out]"),
+        (mask, "mask", [batch, deformable_groups * taps, out_h, out_w],
+         "[N, deformable_groups * kh * kw, H_out, W_out]"),
+    ):
+        for size, wanted in zip(tensor.shape, expected):
+            torch._check(size == wanted, lambda: f"{op}{name} must have shape {layout} = "
+                                                 f"{expected}, got {list(tensor.shape)}")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_channels,
+                     lambda: f"{op}bias must have shape [C_out] = [{out_channels}], got "
+                             f"{list(bias.shape)}")
+    return out_h, out_w
+
+
 @torch.library.register_fake("iedvr::modulated_deform_conv2d")
 def _forward_fake(input, offset, mask, weight, bias, stride, padding, dilation, groups, deformable_groups):
-    out_h, out_w = output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    out_h, out_w = _check_args(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                               deformable_groups)
     return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
 
 
 @torch.library.register_fake("iedvr::modulated_deform_conv2d_backward")
-def _backward_fake(grad_output, input, offset, mask, weight, bias, stride, padding, dilation, groups, deformable_groups):
-    return (
-        torch.empty_like(input),
-        torch.empty_like(offset),
-        torch.empty_like(mask),
-        torch.empty_like(weight),
-        weight.new_empty((weight.shape[0],)),
-    )
+def _backward_fake(grad_output, input, offset, mask, weight, bias, stride, padding, dilation,
+                   groups, deformable_groups, output_mask=(True,) * 5):
+    out_h, out_w = _check_args(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                               deformable_groups)
+    expected = [input.shape[0], weight.shape[0], out_h, out_w]
+    torch._check(grad_output.dim() == 4 and all(a == b for a, b in zip(grad_output.shape, expected)),
+                 lambda: f"iedvr::modulated_deform_conv2d: grad_output must have shape "
+                         f"[N, C_out, H_out, W_out] = {expected}, got {list(grad_output.shape)}")
+    grads = (torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask),
+             torch.empty_like(weight), weight.new_empty((weight.shape[0],)))
+    # The kernels return no tensor (None) for a gradient the mask leaves out.
+    return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
 
 
 def _setup_context(ctx, inputs, output):
     input, offset, mask, weight, bias, *conv_args = inputs
     ctx.save_for_backward(input, offset, mask, weight, bias)
     ctx.conv_args = conv_args
-    ctx.has_bias = bias is not None
 
 
 def _backward(ctx, grad_output):
     input, offset, mask, weight, bias = ctx.saved_tensors
-    grad_input, grad_offset, grad_mask, grad_weight, grad_bias = (
-        torch.ops.iedvr.modulated_deform_conv2d_backward(
-            grad_output, input, offset, mask, weight, bias, *ctx.conv_args
-        )
-    )
-    return (
-        grad_input,
-        grad_offset,
-        grad_mask,
-        grad_weight,
-        grad_bias if ctx.has_bias else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    # needs_input_grad[4] is False without a bias; the kernels skip whatever is not asked for.
+    output_mask = list(ctx.needs_input_grad[:5])
+    grads = torch.ops.iedvr.modulated_deform_conv2d_backward(
+        grad_output, input, offset, mask, weight, bias, *ctx.conv_args, output_mask)
+    return (*grads, None, None, None, None, None)
 
 
 torch.library.register_autograd(

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -26,6 +27,22 @@ ConvGeometry check_modulated_deform_conv2d_backward_args(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     int64_t deformable_groups);
 
+// The backward's gradients in schema order: input, offset, mask, weight, bias. Those that the
+// output mask does not ask for are undefined tensors (None in Python), as aten's
+// convolution_backward returns them.
 using Gradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The backward's output_mask, named. Autograd asks only for the gradients of inputs that require
+// them (a frozen weight, an offset computed without gradient), and each one skipped saves work.
+struct GradientMask {
+  bool input, offset, mask, weight, bias;
+  explicit GradientMask(std::array<bool, 5> output_mask)
+      : input(output_mask[0]), offset(output_mask[1]), mask(output_mask[2]),
+        weight(output_mask[3]), bias(output_mask[4]) {}
+  // grad_output through the weight, the columns' gradient, feeds these three.
+  bool column_gradient() const { return input || offset || mask; }
+  // The sampling pass serves these four (the samples themselves are grad_weight's input).
+  bool sampling() const { return column_gradient() || weight; }
+};
 
 }  // namespace iedvr

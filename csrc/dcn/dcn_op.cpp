@@ -150,7 +150,8 @@ TORCH_LIBRARY(iedvr, m) {
   m.def(
       "modulated_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, "
       "Tensor mask, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, int deformable_groups) "
+      "int[2] dilation, int groups, int deformable_groups, "
+      "bool[5] output_mask=[True, True, True, True, True]) "
       "-> (Tensor grad_input, Tensor grad_offset, Tensor grad_mask, Tensor grad_weight, "
       "Tensor grad_bias)");
 }

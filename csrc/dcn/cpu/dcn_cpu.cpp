@@ -160,27 +160,33 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
                        const at::Tensor& offset_, const at::Tensor& mask_,
                        const at::Tensor& weight_, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       int64_t groups, int64_t deformable_groups) {
+                       int64_t groups, int64_t deformable_groups,
+                       std::array<bool, 5> output_mask) {
   const ConvGeometry g = check_modulated_deform_conv2d_backward_args(
       grad_output_, input_, offset_, mask_, weight_, bias, stride, padding, dilation, groups,
       deformable_groups);
+  const GradientMask wanted(output_mask);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor offset = offset_.contiguous(), mask = mask_.contiguous();
   const at::Tensor grad_output =
       grad_output_.contiguous().view({g.batch, g.out_channels, g.out_pixels()});
+  const at::ScalarType dtype = input_.scalar_type(), acc_type = at::toOpMathType(dtype);
+  const at::Tensor grad_bias =
+      wanted.bias ? grad_output.sum({0, 2}, false, acc_type).to(dtype) : at::Tensor();
+  if (!wanted.sampling()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), grad_bias};
+
+  const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor offset = offset_.contiguous(), mask = mask_.contiguous();
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
   const int64_t row = g.in_channels * g.taps();
   const at::Tensor weight = weight_tap_major(weight_);
-  const at::ScalarType dtype = input.scalar_type(), acc_type = at::toOpMathType(dtype);
 
   // Scattered sums into grad_input and the chunk sums of grad_weight stay in float32 (float64).
-  at::Tensor grad_input = at::zeros(input.sizes(), input.options().dtype(acc_type));
-  at::Tensor grad_weight = at::zeros({g.out_channels, rows_g}, input.options().dtype(acc_type));
-  at::Tensor grad_offset = at::zeros_like(offset);
-  at::Tensor grad_mask = at::zeros_like(mask);
-  const at::Tensor grad_bias = grad_output.sum({0, 2}, false, acc_type).to(dtype);
+  at::Tensor grad_input, grad_weight, grad_offset, grad_mask;
+  if (wanted.input) grad_input = at::zeros(input.sizes(), input.options().dtype(acc_type));
+  if (wanted.weight) grad_weight = at::zeros({g.out_channels, rows_g}, input.options().dtype(acc_type));
+  if (wanted.offset) grad_offset = at::zeros_like(offset);
+  if (wanted.mask) grad_mask = at::zeros_like(mask);
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
 
   if (g.batch > 0 && g.out_pixels() > 0 && g.in_channels > 0) {
@@ -193,12 +199,16 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
           // of grad_input; inside a chunk the GEMMs use all threads and the sampling pass runs
           // one deformable group per task (each owns its channels of grad_input).
           for (int64_t b = 0; b < g.batch; ++b) {
+            // Null where a gradient is not wanted: the sampling pass skips that part of its work.
+            acc_t* grad_input_b = wanted.input ? grad_input[b].data_ptr<acc_t>() : nullptr;
+            scalar_t* grad_offset_b = wanted.offset ? grad_offset[b].data_ptr<scalar_t>() : nullptr;
+            scalar_t* grad_mask_b = wanted.mask ? grad_mask[b].data_ptr<scalar_t>() : nullptr;
             for (int64_t p_begin = 0; p_begin < g.out_pixels(); p_begin += chunk) {
               const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
               const at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
               const at::Tensor grad_cols = grad_columns.narrow(0, 0, n * row).view({n, row});
               const at::Tensor grad_out = grad_output[b].narrow(1, p_begin, n);
-              for (int64_t grp = 0; grp < groups; ++grp) {
+              for (int64_t grp = 0; wanted.column_gradient() && grp < groups; ++grp) {
                 at::Tensor grad_cols_g = grad_cols.narrow(1, grp * rows_g, rows_g);
                 at::mm_out(grad_cols_g, grad_out.narrow(0, grp * cout_g, cout_g).t(),
                            weight.narrow(0, grp * cout_g, cout_g));
@@ -208,11 +218,11 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
                   backward_sampling_pass<scalar_t>(
                       g, input[b].const_data_ptr<scalar_t>(), offset[b].const_data_ptr<scalar_t>(),
                       mask[b].const_data_ptr<scalar_t>(), grad_cols.const_data_ptr<scalar_t>(),
-                      p_begin, n, dg, cols.data_ptr<scalar_t>(), grad_input[b].data_ptr<acc_t>(),
-                      grad_offset[b].data_ptr<scalar_t>(), grad_mask[b].data_ptr<scalar_t>());
+                      p_begin, n, dg, wanted.weight ? cols.data_ptr<scalar_t>() : nullptr,
+                      grad_input_b, grad_offset_b, grad_mask_b);
                 }
               });
-              for (int64_t grp = 0; grp < groups; ++grp) {
+              for (int64_t grp = 0; wanted.weight && grp < groups; ++grp) {
                 grad_weight.narrow(0, grp * cout_g, cout_g)
                     .add_(at::mm(grad_out.narrow(0, grp * cout_g, cout_g),
                                  cols.narrow(1, grp * rows_g, rows_g)));
@@ -221,11 +231,14 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
           }
         });
   }
-  const at::Tensor grad_weight_nchw =
-      grad_weight.view({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels / groups})
-          .permute({0, 3, 1, 2});
-  return {grad_input.permute({0, 3, 1, 2}).contiguous().to(dtype), grad_offset, grad_mask,
-          grad_weight_nchw.contiguous().to(dtype), grad_bias};
+  if (grad_input.defined()) grad_input = grad_input.permute({0, 3, 1, 2}).contiguous().to(dtype);
+  if (grad_weight.defined()) {
+    grad_weight = grad_weight.view({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels / groups})
+                      .permute({0, 3, 1, 2})
+                      .contiguous()
+                      .to(dtype);
+  }
+  return {grad_input, grad_offset, grad_mask, grad_weight, grad_bias};
 }
 
 }  // namespace

@@ -172,7 +172,9 @@ void sample_columns(const ConvGeometry& g, const scalar_t* input, const scalar_t
 
 // One pass over the samples of deformable group dg for pixels [p_begin, p_begin + n) of one image:
 // rebuilds the group's columns (for grad_weight), scatters grad_columns into grad_input
-// (channels-last, float) and writes grad_offset and grad_mask of those pixels.
+// (channels-last, float) and writes grad_offset and grad_mask of those pixels. Each output may be
+// null when its gradient is not wanted (grad_columns is then read only for the others): grad_input
+// alone skips reading the input, columns alone skips grad_columns.
 template <typename scalar_t>
 void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const scalar_t* offset,
                             const scalar_t* mask, const scalar_t* grad_columns, int64_t p_begin,
@@ -181,14 +183,12 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
                             scalar_t* grad_mask) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t taps = g.taps(), row = g.in_channels * taps, out_pixels = g.out_pixels();
+  const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
   const std::vector<ChannelRun> runs = channel_runs(g, dg);
   std::vector<BilinearCorners<acc_t>> corners(n);
   std::vector<acc_t> modulation(n);
   for (int64_t k = 0; k < taps; ++k) {
     sample_points(g, offset, mask, dg, k, p_begin, n, corners.data(), modulation.data());
-    scalar_t* grad_offset_y = grad_offset + offset_y_channel(g, dg, k) * out_pixels + p_begin;
-    scalar_t* grad_offset_x = grad_offset_y + out_pixels;
-    scalar_t* grad_mask_k = grad_mask + mask_channel(g, dg, k) * out_pixels + p_begin;
     for (int64_t i = 0; i < n; ++i) {
       const BilinearCorners<acc_t>& s = corners[i];
       const acc_t m = modulation[i];
@@ -196,36 +196,53 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
       for (const ChannelRun& run : runs) {
         const int64_t start = i * row + run.column_start(g, k), length = run.end - run.begin;
         const scalar_t* grad_col = grad_columns + start;
-        scalar_t* col = columns + start;
         const scalar_t* x[4];
-        acc_t* grad_x[4];
-        for (int j = 0; j < 4; ++j) {
-          x[j] = input + s.index[j] + run.begin;
-          grad_x[j] = grad_input + s.index[j] + run.begin;
+        for (int j = 0; j < 4; ++j) x[j] = input + s.index[j] + run.begin;
+        if (coordinates) {
+          scalar_t* col = columns != nullptr ? columns + start : nullptr;
+          for (int64_t c = 0; c < length; ++c) {
+            const acc_t v0 = static_cast<acc_t>(x[0][c]), v1 = static_cast<acc_t>(x[1][c]);
+            const acc_t v2 = static_cast<acc_t>(x[2][c]), v3 = static_cast<acc_t>(x[3][c]);
+            const acc_t gc = static_cast<acc_t>(grad_col[c]);
+            const acc_t value = s.weight[0] * v0 + s.weight[1] * v1 + s.weight[2] * v2 +
+                                s.weight[3] * v3;
+            if (col != nullptr) col[c] = static_cast<scalar_t>(m * value);
+            sum_value += gc * value;
+            sum_dy += gc * (s.dweight_dy[0] * v0 + s.dweight_dy[1] * v1 + s.dweight_dy[2] * v2 +
+                            s.dweight_dy[3] * v3);
+            sum_dx += gc * (s.dweight_dx[0] * v0 + s.dweight_dx[1] * v1 + s.dweight_dx[2] * v2 +
+                            s.dweight_dx[3] * v3);
+          }
+        } else if (columns != nullptr) {
+          // The same arithmetic as above, so that grad_weight does not depend on the mask.
+          scalar_t* col = columns + start;
+          for (int64_t c = 0; c < length; ++c) {
+            const acc_t value = s.weight[0] * static_cast<acc_t>(x[0][c]) +
+                                s.weight[1] * static_cast<acc_t>(x[1][c]) +
+                                s.weight[2] * static_cast<acc_t>(x[2][c]) +
+                                s.weight[3] * static_cast<acc_t>(x[3][c]);
+            col[c] = static_cast<scalar_t>(m * value);
+          }
         }
-        for (int64_t c = 0; c < length; ++c) {
-          const acc_t v0 = static_cast<acc_t>(x[0][c]), v1 = static_cast<acc_t>(x[1][c]);
-          const acc_t v2 = static_cast<acc_t>(x[2][c]), v3 = static_cast<acc_t>(x[3][c]);
-          const acc_t gc = static_cast<acc_t>(grad_col[c]);
-          const acc_t value = s.weight[0] * v0 + s.weight[1] * v1 + s.weight[2] * v2 +
-                              s.weight[3] * v3;
-          col[c] = static_cast<scalar_t>(m * value);
-          sum_value += gc * value;
-          sum_dy += gc * (s.dweight_dy[0] * v0 + s.dweight_dy[1] * v1 + s.dweight_dy[2] * v2 +
-                          s.dweight_dy[3] * v3);
-          sum_dx += gc * (s.dweight_dx[0] * v0 + s.dweight_dx[1] * v1 + s.dweight_dx[2] * v2 +
-                          s.dweight_dx[3] * v3);
-        }
-        // A separate loop per corner: corners may coincide in memory (index 0 of invalid ones).
-        for (int j = 0; j < 4; ++j) {
-          const acc_t w = m * s.weight[j];
-          if (w == 0) continue;
-          for (int64_t c = 0; c < length; ++c) grad_x[j][c] += w * static_cast<acc_t>(grad_col[c]);
+        if (grad_input != nullptr) {
+          // A separate loop per corner: corners may coincide in memory (index 0 of invalid ones).
+          for (int j = 0; j < 4; ++j) {
+            const acc_t w = m * s.weight[j];
+            if (w == 0) continue;
+            acc_t* grad_x = grad_input + s.index[j] + run.begin;
+            for (int64_t c = 0; c < length; ++c) grad_x[c] += w * static_cast<acc_t>(grad_col[c]);
+          }
         }
       }
-      grad_offset_y[i] = static_cast<scalar_t>(m * sum_dy);
-      grad_offset_x[i] = static_cast<scalar_t>(m * sum_dx);
-      grad_mask_k[i] = static_cast<scalar_t>(sum_value);
+      if (grad_offset != nullptr) {
+        scalar_t* grad_offset_y = grad_offset + offset_y_channel(g, dg, k) * out_pixels;
+        grad_offset_y[p_begin + i] = static_cast<scalar_t>(m * sum_dy);
+        grad_offset_y[out_pixels + p_begin + i] = static_cast<scalar_t>(m * sum_dx);
+      }
+      if (grad_mask != nullptr) {
+        grad_mask[mask_channel(g, dg, k) * out_pixels + p_begin + i] =
+            static_cast<scalar_t>(sum_value);
+      }
     }
   }
 }

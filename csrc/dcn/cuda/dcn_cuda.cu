@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 
 #include "../dcn.h"
@@ -97,7 +98,8 @@ __global__ void deformable_col2im_kernel(ConvGeometry g, const scalar_t* __restr
   }
 }
 
-// One thread per (deformable group, tap, pixel): sums over the group's channels.
+// One thread per (deformable group, tap, pixel): sums over the group's channels. grad_offset or
+// grad_mask may be null when that gradient is not wanted.
 template <typename scalar_t>
 __global__ void deformable_coordinate_grad_kernel(
     ConvGeometry g, const scalar_t* __restrict__ grad_columns,
@@ -125,10 +127,14 @@ __global__ void deformable_coordinate_grad_kernel(
         sum_dx += gc * m * s.dweight_dx[j] * v;
       }
     }
-    const int64_t oc = offset_y_channel(g, dg, k) * out_pixels + p;
-    grad_offset[oc] = static_cast<scalar_t>(sum_dy);
-    grad_offset[oc + out_pixels] = static_cast<scalar_t>(sum_dx);
-    grad_mask[mask_channel(g, dg, k) * out_pixels + p] = static_cast<scalar_t>(sum_value);
+    if (grad_offset != nullptr) {
+      const int64_t oc = offset_y_channel(g, dg, k) * out_pixels + p;
+      grad_offset[oc] = static_cast<scalar_t>(sum_dy);
+      grad_offset[oc + out_pixels] = static_cast<scalar_t>(sum_dx);
+    }
+    if (grad_mask != nullptr) {
+      grad_mask[mask_channel(g, dg, k) * out_pixels + p] = static_cast<scalar_t>(sum_value);
+    }
   }
 }
 
@@ -186,36 +192,47 @@ Gradients backward_cuda(const at::Tensor& grad_output_, const at::Tensor& input_
                         const at::Tensor& offset_, const at::Tensor& mask_,
                         const at::Tensor& weight_, const std::optional<at::Tensor>& bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                        int64_t groups, int64_t deformable_groups) {
+                        int64_t groups, int64_t deformable_groups,
+                        std::array<bool, 5> output_mask) {
   const ConvGeometry g = check_modulated_deform_conv2d_backward_args(
       grad_output_, input_, offset_, mask_, weight_, bias, stride, padding, dilation, groups,
       deformable_groups);
+  const GradientMask wanted(output_mask);
   const c10::cuda::CUDAGuard device_guard(input_.device());
   // The kernel's own at:: calls (GEMMs, sums) are neither part of the autograd graph nor subject
   // to autocast (a backward() inside an autocast region carries that state here).
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   at::globalContext().alertNotDeterministic("iedvr::modulated_deform_conv2d_backward (CUDA)");
-  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(),
-                   mask = mask_.contiguous();
   const at::Tensor grad_output =
       grad_output_.contiguous().view({g.batch, g.out_channels, g.out_pixels()});
+  const at::ScalarType dtype = input_.scalar_type(), acc_type = at::toOpMathType(dtype);
+  const at::Tensor grad_bias =
+      wanted.bias ? grad_output.sum({0, 2}, false, acc_type).to(dtype) : at::Tensor();
+  if (!wanted.sampling()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), grad_bias};
+
+  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(),
+                   mask = mask_.contiguous();
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
   const at::Tensor weight = weight_.contiguous().view({g.out_channels, rows_g});
-  const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
 
-  at::Tensor grad_input = at::zeros(input.sizes(), input.options().dtype(acc_type));
-  at::Tensor grad_weight = at::zeros({g.out_channels, rows_g}, input.options().dtype(acc_type));
-  at::Tensor grad_offset = at::zeros_like(offset);
-  at::Tensor grad_mask = at::zeros_like(mask);
-  const at::Tensor grad_bias = grad_output.sum({0, 2}, false, acc_type).to(input.scalar_type());
-  if (g.batch == 0 || g.out_pixels() == 0 || g.in_channels == 0) {
-    return {grad_input.to(input.scalar_type()), grad_offset, grad_mask,
-            grad_weight.to(input.scalar_type()).view(weight_.sizes()), grad_bias};
-  }
+  at::Tensor grad_input, grad_weight, grad_offset, grad_mask;
+  if (wanted.input) grad_input = at::zeros(input.sizes(), input.options().dtype(acc_type));
+  if (wanted.weight) grad_weight = at::zeros({g.out_channels, rows_g}, input.options().dtype(acc_type));
+  if (wanted.offset) grad_offset = at::zeros_like(offset);
+  if (wanted.mask) grad_mask = at::zeros_like(mask);
+  const auto result = [&]() -> Gradients {
+    return {grad_input.defined() ? grad_input.to(dtype) : at::Tensor(), grad_offset, grad_mask,
+            grad_weight.defined() ? grad_weight.to(dtype).view(weight_.sizes()) : at::Tensor(),
+            grad_bias};
+  };
+  if (g.batch == 0 || g.out_pixels() == 0 || g.in_channels == 0) return result();
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
-  at::Tensor columns = at::empty({g.in_channels * g.taps() * chunk}, input.options());
-  at::Tensor grad_columns = at::empty({g.in_channels * g.taps() * chunk}, input.options());
+  at::Tensor columns, grad_columns;
+  if (wanted.weight) columns = at::empty({g.in_channels * g.taps() * chunk}, input.options());
+  if (wanted.column_gradient()) {
+    grad_columns = at::empty({g.in_channels * g.taps() * chunk}, input.options());
+  }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -228,42 +245,50 @@ Gradients backward_cuda(const at::Tensor& grad_output_, const at::Tensor& input_
           const scalar_t* mask_b = mask[b].const_data_ptr<scalar_t>();
           for (int64_t p_begin = 0; p_begin < g.out_pixels(); p_begin += chunk) {
             const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
-            const at::Tensor cols =
-                columns.narrow(0, 0, g.in_channels * g.taps() * n).view({-1, n});
-            const at::Tensor grad_cols =
-                grad_columns.narrow(0, 0, g.in_channels * g.taps() * n).view({-1, n});
             const at::Tensor grad_out = grad_output[b].narrow(1, p_begin, n);
-            for (int64_t grp = 0; grp < groups; ++grp) {
-              at::Tensor grad_cols_g = grad_cols.narrow(0, grp * rows_g, rows_g);
-              at::mm_out(grad_cols_g, weight.narrow(0, grp * cout_g, cout_g).t(),
-                         grad_out.narrow(0, grp * cout_g, cout_g));
+            if (wanted.column_gradient()) {
+              const at::Tensor grad_cols =
+                  grad_columns.narrow(0, 0, g.in_channels * g.taps() * n).view({-1, n});
+              for (int64_t grp = 0; grp < groups; ++grp) {
+                at::Tensor grad_cols_g = grad_cols.narrow(0, grp * rows_g, rows_g);
+                at::mm_out(grad_cols_g, weight.narrow(0, grp * cout_g, cout_g).t(),
+                           grad_out.narrow(0, grp * cout_g, cout_g));
+              }
+              if (wanted.input) {
+                deformable_col2im_kernel<scalar_t, acc_t>
+                    <<<blocks_for(g.in_channels * g.taps() * n), kThreads, 0, stream>>>(
+                        g, grad_cols.const_data_ptr<scalar_t>(), offset_b, mask_b, p_begin, n,
+                        grad_input[b].data_ptr<acc_t>());
+                C10_CUDA_KERNEL_LAUNCH_CHECK();
+              }
+              if (wanted.offset || wanted.mask) {
+                deformable_coordinate_grad_kernel<scalar_t>
+                    <<<blocks_for(g.deformable_groups * g.taps() * n), kThreads, 0, stream>>>(
+                        g, grad_cols.const_data_ptr<scalar_t>(), input_b, offset_b, mask_b,
+                        p_begin, n, wanted.offset ? grad_offset[b].data_ptr<scalar_t>() : nullptr,
+                        wanted.mask ? grad_mask[b].data_ptr<scalar_t>() : nullptr);
+                C10_CUDA_KERNEL_LAUNCH_CHECK();
+              }
             }
-            deformable_col2im_kernel<scalar_t, acc_t>
-                <<<blocks_for(g.in_channels * g.taps() * n), kThreads, 0, stream>>>(
-                    g, grad_cols.const_data_ptr<scalar_t>(), offset_b, mask_b, p_begin, n,
-                    grad_input[b].data_ptr<acc_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            deformable_coordinate_grad_kernel<scalar_t>
-                <<<blocks_for(g.deformable_groups * g.taps() * n), kThreads, 0, stream>>>(
-                    g, grad_cols.const_data_ptr<scalar_t>(), input_b, offset_b, mask_b, p_begin,
-                    n, grad_offset[b].data_ptr<scalar_t>(), grad_mask[b].data_ptr<scalar_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            deformable_im2col_kernel<scalar_t>
-                <<<blocks_for(g.in_channels * n), kThreads, 0, stream>>>(
-                    g, input_b, offset_b, mask_b, p_begin, n, cols.data_ptr<scalar_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            for (int64_t grp = 0; grp < groups; ++grp) {
-              // A chunk can hold a whole frame: sum it in float, not in float16.
-              const at::Tensor a = grad_out.narrow(0, grp * cout_g, cout_g);
-              const at::Tensor b = cols.narrow(0, grp * rows_g, rows_g).t();
-              grad_weight.narrow(0, grp * cout_g, cout_g)
-                  .add_(input.scalar_type() == acc_type ? at::mm(a, b) : at::mm(a, b, acc_type));
+            if (wanted.weight) {
+              const at::Tensor cols =
+                  columns.narrow(0, 0, g.in_channels * g.taps() * n).view({-1, n});
+              deformable_im2col_kernel<scalar_t>
+                  <<<blocks_for(g.in_channels * n), kThreads, 0, stream>>>(
+                      g, input_b, offset_b, mask_b, p_begin, n, cols.data_ptr<scalar_t>());
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+              for (int64_t grp = 0; grp < groups; ++grp) {
+                // A chunk can hold a whole frame: sum it in float, not in float16.
+                const at::Tensor a = grad_out.narrow(0, grp * cout_g, cout_g);
+                const at::Tensor b = cols.narrow(0, grp * rows_g, rows_g).t();
+                grad_weight.narrow(0, grp * cout_g, cout_g)
+                    .add_(dtype == acc_type ? at::mm(a, b) : at::mm(a, b, acc_type));
+              }
             }
           }
         }
       });
-  return {grad_input.to(input.scalar_type()), grad_offset, grad_mask,
-          grad_weight.to(input.scalar_type()).view(weight_.sizes()), grad_bias};
+  return result();
 }
 
 }  // namespace
