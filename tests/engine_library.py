@@ -13,6 +13,18 @@ class IedvrTiling(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in ("tile_width", "tile_height", "overlap_x", "overlap_y")]
 
 
+class IedvrPlanes(ctypes.Structure):
+    """Three planes by pointer and stride in bytes, as VapourSynth frames hand them out (the
+    output planes have the same layout)."""
+    _fields_ = [("data", ctypes.c_void_p * 3), ("stride", ctypes.c_ssize_t * 3)]
+
+
+def planes_of(frame: np.ndarray) -> IedvrPlanes:
+    """The planes of a [3, H, W] array, which may be a strided view."""
+    return IedvrPlanes((ctypes.c_void_p * 3)(*(frame[c].ctypes.data for c in range(3))),
+                       (ctypes.c_ssize_t * 3)(*(frame.strides[1] for _ in range(3))))
+
+
 class Engine:
     """The engine library driven directly, as the VapourSynth filter drives it."""
 
@@ -24,10 +36,11 @@ class Engine:
             lib.iedvr_engine_create.restype = ctypes.c_void_p
             lib.iedvr_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
                                                 ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-            lib.iedvr_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+            lib.iedvr_engine_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(IedvrPlanes),
                                              ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int,
                                              ctypes.c_int, ctypes.POINTER(IedvrTiling),
-                                             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+                                             ctypes.POINTER(IedvrPlanes), ctypes.c_char_p,
+                                             ctypes.c_size_t]
             lib.iedvr_engine_feature_counts.argtypes = [ctypes.c_void_p] + 2 * [ctypes.POINTER(ctypes.c_ulonglong)]
             lib.iedvr_engine_block_counts.argtypes = 3 * [ctypes.POINTER(ctypes.c_ulonglong)]
             lib.iedvr_engine_destroy.argtypes = [ctypes.c_void_p]
@@ -39,13 +52,15 @@ class Engine:
         assert self.handle, error.value.decode()
 
     def run(self, window: np.ndarray, numbers: list[int], tiling=(0, 0, 0, 0)) -> np.ndarray:
-        window = np.ascontiguousarray(window, dtype=np.float32)
+        """window: [T, 3, H, W] float32 (any row stride, rows contiguous)."""
+        assert window.dtype == np.float32 and window.strides[-1] == 4
         out = np.empty((3, window.shape[-2] * 4, window.shape[-1] * 4), np.float32)
+        frames = (IedvrPlanes * len(window))(*(planes_of(frame) for frame in window))
         error = ctypes.create_string_buffer(1024)
         status = self.library.iedvr_engine_run(
-            self.handle, window.ctypes.data, (ctypes.c_int * len(numbers))(*numbers), 0,
-            window.shape[-1], window.shape[-2], ctypes.byref(IedvrTiling(*tiling)), out.ctypes.data,
-            error, 1024)
+            self.handle, frames, (ctypes.c_int * len(numbers))(*numbers), 0,
+            window.shape[-1], window.shape[-2], ctypes.byref(IedvrTiling(*tiling)),
+            ctypes.byref(planes_of(out)), error, 1024)
         assert status == 0, error.value.decode()
         return out
 

@@ -83,6 +83,24 @@ def test_tiles_are_cached_per_tile(setup):
     assert engine.counts() == (6 * LENGTH, 6 * 4 * LENGTH)
 
 
+def test_the_engine_reads_strided_planes_and_only_the_frames_it_needs(setup):
+    # The engine reads each plane through its pointer and stride, as VapourSynth hands frames out
+    # (rows padded here), and reads a frame only when its features are not cached: the cached
+    # neighbours of the second window are replaced by NaN, which would poison any frame that read
+    # them.
+    _, split, _, frames = setup
+    padded = np.full((LENGTH, 3, HEIGHT, WIDTH + 7), np.nan, np.float32)
+    padded[..., :WIDTH] = frames
+    strided = padded[..., :WIDTH]
+    engine, reference = Engine(split), Engine(split)
+    np.testing.assert_array_equal(engine.run(strided[[0, 1, 2, 3, 4]], [0, 1, 2, 3, 4]),
+                                  reference.run(frames[[0, 1, 2, 3, 4]], [0, 1, 2, 3, 4]))
+    poisoned = frames[[1, 2, 3, 4, 5]].copy()
+    poisoned[[0, 1, 3]] = np.nan  # frames 1, 2 and 4: cached; 3 (the centre) and 5 are read
+    expected = reference.run(frames[[1, 2, 3, 4, 5]], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(engine.run(poisoned, [1, 2, 3, 4, 5]), expected)
+
+
 def test_filter_output_equals_the_eager_network_in_any_order(setup):
     net, split, _, frames = setup
     blank = core.std.BlankClip(format=vs.RGBS, width=WIDTH, height=HEIGHT, length=LENGTH)

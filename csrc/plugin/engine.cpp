@@ -6,6 +6,7 @@
 #include "device_memory.h"
 #include "feature_cache.h"
 #include "memory_plan.h"
+#include "model_metadata.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <dlfcn.h>
@@ -136,62 +137,6 @@ bool cpu_has_native_bfloat16() {
   return false;
 }
 
-// The format versions this engine reads (model_file.FORMAT_VERSION on the Python side).
-constexpr int64_t kKnownFormatVersion = 1;
-
-// The top level of a JSON object: nested objects and arrays (and the strings inside them)
-// removed, so that a key is found where the engine reads it, not in the copy nested in "config".
-std::string top_level(const std::string& json) {
-  std::string kept;
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (const char c : json) {
-    if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      ++depth;
-      if (depth > 1) continue;
-    } else if (c == '}' || c == ']') {
-      --depth;
-      if (depth >= 1) continue;
-    }
-    if (depth <= 1) kept += c;
-  }
-  return kept;
-}
-
-// An integer field of the metadata's top level. Model files come from other people: a value out
-// of [low, high] is reported with the field's name and value.
-int metadata_int(const std::string& metadata, const std::string& key, int64_t low, int64_t high) {
-  const std::string json = top_level(metadata);
-  const std::regex pattern("\"" + key + "\"\\s*:\\s*(-?[0-9]+)");
-  std::smatch match;
-  if (!std::regex_search(json, match, pattern)) {
-    throw std::runtime_error("its metadata has no integer \"" + key + "\"");
-  }
-  const std::string digits = match[1];
-  // More than 18 digits cannot be in any range we accept (and would overflow stoll).
-  const int64_t value = digits.size() <= 18 ? std::stoll(digits) : high + 1;
-  if (value < low || value > high) {
-    throw std::runtime_error("its metadata field \"" + key + "\" is " + digits.substr(0, 24) +
-                             (digits.size() > 24 ? "..." : "") + "; expected an integer from " +
-                             std::to_string(low) + " to " + std::to_string(high));
-  }
-  return static_cast<int>(value);
-}
-
-// A string field of the metadata's top level ("" when absent).
-std::string metadata_string(const std::string& metadata, const std::string& key) {
-  const std::regex pattern("\"" + key + "\"\\s*:\\s*\"([^\"]*)\"");
-  std::smatch match;
-  const std::string json = top_level(metadata);
-  return std::regex_search(json, match, pattern) ? std::string(match[1]) : std::string();
-}
-
 }  // namespace
 
 struct IedvrEngine {
@@ -228,30 +173,20 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       engine->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device));
     }
     check_is_torchscript_archive(model_path);
-    torch::jit::ExtraFilesMap extra{{"vs_iedvr.json", ""}};
+    torch::jit::ExtraFilesMap extra{{model_metadata::kEntry, ""}};
     engine->module = torch::jit::load(model_path, engine->device, extra);
-    const std::string& metadata = extra["vs_iedvr.json"];
-    if (metadata.empty() || metadata.find("\"vs-iedvr-model\"") == std::string::npos) {
+    const std::string& json = extra[model_metadata::kEntry];
+    if (json.empty()) {
       write_error(error, error_size, std::string(model_path) +
                                          " is not a vs-iedvr model file (no vs-iedvr metadata); "
                                          "export one with `vs-iedvr export`");
       return nullptr;
     }
-    const int64_t version = metadata_int(metadata, "format_version", 1, 1 << 30);
-    if (version > kKnownFormatVersion) {
-      throw std::runtime_error("it has format version " + std::to_string(version) +
-                               "; this vs-iedvr reads up to " + std::to_string(kKnownFormatVersion) +
-                               ": upgrade vs-iedvr");
-    }
-    engine->info.scale = metadata_int(metadata, "scale", 1, 8);
-    engine->info.num_frames = metadata_int(metadata, "num_frames", 1, 15);
-    if (engine->info.num_frames % 2 == 0) {
-      throw std::runtime_error("its metadata field \"num_frames\" is " +
-                               std::to_string(engine->info.num_frames) +
-                               "; expected an odd number (the centre frame and as many on each side)");
-    }
+    const model_metadata::Metadata metadata = model_metadata::parse(json);
+    engine->info.scale = metadata.scale;
+    engine->info.num_frames = metadata.num_frames;
     // Files exported before the checksum existed have none and are taken as they are.
-    const std::string recorded = metadata_string(metadata, "weights_crc32");
+    const std::string& recorded = metadata.weights_crc32;
     if (!recorded.empty()) {
       char computed[16];
       std::snprintf(computed, sizeof computed, "%08x", weights_checksum(engine->module));
@@ -349,40 +284,92 @@ torch::Tensor upscale_features(IedvrEngine* engine, const std::vector<Features>&
   return engine->module.get_method("upscale")(std::move(inputs)).toTensor();
 }
 
-// The upscaled centre frame of a window [T, 3, h, w] of (a tile of) input frames, whose frame
-// numbers are `frames`: per-frame features from the cache or computed now, then the per-window
-// half of the network.
-torch::Tensor upscale_window(IedvrEngine* engine, const torch::Tensor& window, const int* frames,
-                             const FeatureCache::Tile& tile) {
+// The input frames of one window, read from the caller's planes (pointer and stride each) and
+// uploaded to the device in the engine's precision, channels-last, when first needed: frames
+// whose features are all cached are never converted. A frame repeated in the window (at the
+// clip's ends, at cuts) is uploaded once.
+class Window {
+ public:
+  Window(IedvrEngine* engine, const IedvrPlanes* planes, const int* numbers, bool half,
+         int64_t width, int64_t height)
+      : engine_(engine), planes_(planes), numbers_(numbers), width_(width), height_(height),
+        type_(half ? torch::kHalf : torch::kFloat) {}
+
+  int64_t width() const { return width_; }
+  int64_t height() const { return height_; }
+  int number(int k) const { return numbers_[k]; }
+
+  // Frame k of the window, [1, 3, height, width] on the device.
+  const torch::Tensor& frame(int k) {
+    auto found = uploaded_.find(numbers_[k]);
+    if (found != uploaded_.end()) return found->second;
+    auto frame = torch::empty({1, 3, height_, width_},
+                              torch::TensorOptions().device(engine_->device).dtype(engine_->dtype))
+                     .contiguous(torch::MemoryFormat::ChannelsLast);
+    const int64_t bytes = type_ == torch::kHalf ? 2 : 4;
+    for (int c = 0; c < 3; ++c) {
+      const auto plane = torch::from_blob(const_cast<void*>(planes_[k].data[c]), {height_, width_},
+                                          {planes_[k].stride[c] / bytes, 1},
+                                          torch::TensorOptions().dtype(type_));
+      frame[0][c].copy_(plane);
+    }
+    return uploaded_.emplace(numbers_[k], std::move(frame)).first->second;
+  }
+
+  std::vector<torch::Tensor> all_frames() {
+    std::vector<torch::Tensor> frames;
+    for (int k = 0; k < engine_->info.num_frames; ++k) frames.push_back(frame(k));
+    return frames;
+  }
+
+ private:
+  IedvrEngine* engine_;
+  const IedvrPlanes* planes_;
+  const int* numbers_;
+  int64_t width_, height_;
+  torch::ScalarType type_;
+  std::map<int, torch::Tensor> uploaded_;
+};
+
+torch::Tensor crop(const torch::Tensor& frame, const FeatureCache::Tile& tile) {
+  const auto [x, y, width, height] = tile;
+  return frame.slice(2, y, y + height).slice(3, x, x + width);
+}
+
+// The upscaled centre frame of (a tile of) a window: per-frame features from the cache or
+// computed now, then the per-window half of the network.
+torch::Tensor upscale_window(IedvrEngine* engine, Window& window, const FeatureCache::Tile& tile) {
   const int count = engine->info.num_frames;
-  if (!engine->split) return engine->module.forward({window.unsqueeze(0)}).toTensor();
+  if (!engine->split) {
+    std::vector<torch::Tensor> frames;
+    for (const auto& frame : window.all_frames()) frames.push_back(crop(frame, tile));
+    return engine->module.forward({torch::cat(frames).unsqueeze(0)}).toTensor();
+  }
   std::vector<Features> per_frame;
   for (int k = 0; k < count; ++k) {
-    auto features = engine->cache->find(frames[k], tile);
+    auto features = engine->cache->find(window.number(k), tile);
     if (!features) {
-      features = frame_features(engine, window[k]);
-      engine->cache->insert(frames[k], tile, *features);
+      features = frame_features(engine, crop(window.frame(k), tile)[0]);
+      engine->cache->insert(window.number(k), tile, *features);
     }
     per_frame.push_back(std::move(*features));
   }
-  return upscale_features(engine, per_frame, window[count / 2]);
+  return upscale_features(engine, per_frame, crop(window.frame(count / 2), tile)[0]);
 }
 
-torch::Tensor run_tiled(IedvrEngine* engine, const torch::Tensor& input, const int* frames,
-                        const IedvrTiling& tiling) {
-  const int64_t height = input.size(2), width = input.size(3), scale = engine->info.scale;
+torch::Tensor run_tiled(IedvrEngine* engine, Window& window, const IedvrTiling& tiling) {
+  const int64_t height = window.height(), width = window.width(), scale = engine->info.scale;
   const int64_t tile_h = std::min<int64_t>(tiling.tile_height, height);
   const int64_t tile_w = std::min<int64_t>(tiling.tile_width, width);
   const auto ys = tile_origins(height, tile_h, tiling.overlap_y);
   const auto xs = tile_origins(width, tile_w, tiling.overlap_x);
-  auto sum = torch::zeros({1, 3, height * scale, width * scale}, input.options().dtype(torch::kFloat));
+  auto sum = torch::zeros({1, 3, height * scale, width * scale},
+                          torch::TensorOptions().device(engine->device).dtype(torch::kFloat));
   auto weights = torch::zeros({1, 1, height * scale, width * scale}, sum.options());
   for (size_t i = 0; i < ys.size(); ++i) {
     for (size_t j = 0; j < xs.size(); ++j) {
       const int64_t y = ys[i], x = xs[j];
-      const auto tile = input.slice(2, y, y + tile_h).slice(3, x, x + tile_w);
-      const auto upscaled =
-          upscale_window(engine, tile, frames, {x, y, tile_w, tile_h}).to(torch::kFloat);
+      const auto upscaled = upscale_window(engine, window, {x, y, tile_w, tile_h}).to(torch::kFloat);
       // Fade only where a neighbouring tile overlaps, by the overlap actually shared.
       const int64_t top = i > 0 ? (ys[i - 1] + tile_h - y) * scale : 0;
       const int64_t bottom = i + 1 < ys.size() ? (y + tile_h - ys[i + 1]) * scale : 0;
@@ -431,52 +418,55 @@ bool smaller_than(const IedvrTiling& a, const IedvrTiling& b, int width, int hei
   return int64_t{a.tile_width} * a.tile_height < int64_t{b.tile_width} * b.tile_height;
 }
 
-torch::Tensor upscale_frame(IedvrEngine* engine, const torch::Tensor& input, const int* frames,
-                            const IedvrTiling& tiling) {
-  const int height = static_cast<int>(input.size(2)), width = static_cast<int>(input.size(3));
-  return is_tiled(tiling, width, height)
-             ? run_tiled(engine, input, frames, tiling)
-             : upscale_window(engine, input, frames, {0, 0, width, height});
+torch::Tensor upscale_frame(IedvrEngine* engine, Window& window, const IedvrTiling& tiling) {
+  const int height = static_cast<int>(window.height()), width = static_cast<int>(window.width());
+  return is_tiled(tiling, width, height) ? run_tiled(engine, window, tiling)
+                                         : upscale_window(engine, window, {0, 0, width, height});
+}
+
+// The upscaled frame [1, 3, H, W] into the caller's planes, converted to their type on the way.
+void write_planes(const torch::Tensor& result, const IedvrOutputPlanes& output, bool half) {
+  const auto type = half ? torch::kHalf : torch::kFloat;
+  const int64_t bytes = half ? 2 : 4, height = result.size(2), width = result.size(3);
+  for (int c = 0; c < 3; ++c) {
+    torch::from_blob(output.data[c], {height, width}, {output.stride[c] / bytes, 1},
+                     torch::TensorOptions().dtype(type))
+        .copy_(result[0][c]);
+  }
 }
 
 }  // namespace
 
-extern "C" int iedvr_engine_run(IedvrEngine* engine, const void* frames, const int* frame_numbers,
-                                int half, int width, int height, const IedvrTiling* tiling,
-                                void* output, char* error, size_t error_size) {
+extern "C" int iedvr_engine_run(IedvrEngine* engine, const IedvrPlanes* frames,
+                                const int* frame_numbers, int half, int width, int height,
+                                const IedvrTiling* tiling, const IedvrOutputPlanes* output,
+                                char* error, size_t error_size) {
   try {
     const c10::InferenceMode inference;
-    const auto type = half ? torch::kHalf : torch::kFloat;
     const int scale = engine->info.scale;
-    const auto input = torch::from_blob(const_cast<void*>(frames),
-                                        {engine->info.num_frames, 3, height, width},
-                                        torch::TensorOptions().dtype(type));
-    torch::Tensor result;
-    {
-      std::lock_guard<std::mutex> lock(engine->mutex);
-      const BlockReuse::Scope reuse_blocks;
-      IedvrTiling planned = tiling != nullptr ? *tiling : IedvrTiling{0, 0, 0, 0};
-      if (engine->fallback_tiling && smaller_than(*engine->fallback_tiling, planned, width, height)) {
-        planned = *engine->fallback_tiling;
-      }
-      const auto on_device =
-          input.to(engine->device, engine->dtype).contiguous(torch::MemoryFormat::ChannelsLast);
-      try {
-        result = upscale_frame(engine, on_device, frame_numbers, planned);
-      } catch (const std::exception& e) {
-        if (!is_out_of_memory(e)) throw;
-        // The device's free memory changed since the plan (another process, another filter):
-        // retry once with tiles half the size; they are kept for the frames that follow.
-        const IedvrTiling smaller = smaller_tiles(planned, width, height);
-        device_memory::release_cached(engine->device);
-        result = upscale_frame(engine, on_device, frame_numbers, smaller);
-        engine->fallback_tiling = smaller;
-      }
-      result = result.to(torch::kCPU, type).contiguous();
+    std::lock_guard<std::mutex> lock(engine->mutex);
+    const BlockReuse::Scope reuse_blocks;
+    IedvrTiling planned = tiling != nullptr ? *tiling : IedvrTiling{0, 0, 0, 0};
+    if (engine->fallback_tiling && smaller_than(*engine->fallback_tiling, planned, width, height)) {
+      planned = *engine->fallback_tiling;
     }
-    TORCH_CHECK(result.numel() == 3LL * height * scale * width * scale,
+    Window window(engine, frames, frame_numbers, half != 0, width, height);
+    torch::Tensor result;
+    try {
+      result = upscale_frame(engine, window, planned);
+    } catch (const std::exception& e) {
+      if (!is_out_of_memory(e)) throw;
+      // The device's free memory changed since the plan (another process, another filter):
+      // retry once with tiles half the size; they are kept for the frames that follow.
+      const IedvrTiling smaller = smaller_tiles(planned, width, height);
+      device_memory::release_cached(engine->device);
+      result = upscale_frame(engine, window, smaller);
+      engine->fallback_tiling = smaller;
+    }
+    TORCH_CHECK(result.dim() == 4 && result.size(0) == 1 && result.size(1) == 3 &&
+                    result.size(2) == int64_t{height} * scale && result.size(3) == int64_t{width} * scale,
                 "the model returned ", result.sizes(), " for a ", width, "x", height, " input");
-    std::memcpy(output, result.data_ptr(), result.nbytes());
+    write_planes(result, *output, half != 0);
     return 0;
   } catch (const std::exception& e) {
     write_error(error, error_size,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 
 extern "C" {
 
@@ -24,19 +25,29 @@ IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precisi
                                  IedvrEngine* share_cache_with, char* error, size_t error_size);
 void iedvr_engine_info(const IedvrEngine* engine, IedvrModelInfo* info);
 
-// frames: num_frames * 3 planes of height x width, contiguous, float32 (half = 0) or IEEE
-// float16 (half = 1); frame_numbers: the clip's frame number of each (repeated where a border
-// or a scene change repeats a frame), the key of the feature cache; output: 3 planes of
-// (height * scale) x (width * scale) of the same type.
+// frames: num_frames frames, each three planes (R, G, B) of height x width float32 (half = 0)
+// or IEEE float16 (half = 1) values, read through their pointers and strides in bytes (a
+// VapourSynth frame's planes as they are); only frames whose features are not cached are read.
+// frame_numbers: the clip's frame number of each (repeated where a border or a scene change
+// repeats a frame), the key of the feature cache; output: the three planes of (height * scale) x
+// (width * scale) to write, of the same type.
 // tile: the frame is processed in tiles of tile_width x tile_height input pixels overlapping by
 // overlap_x / overlap_y, cross-faded in the overlaps (0 = whole frame). Thread-safe. Returns 0,
 // or -1 with a message.
+typedef struct IedvrPlanes {
+  const void* data[3];
+  ptrdiff_t stride[3];
+} IedvrPlanes;
+typedef struct IedvrOutputPlanes {
+  void* data[3];
+  ptrdiff_t stride[3];
+} IedvrOutputPlanes;
 typedef struct IedvrTiling {
   int tile_width, tile_height, overlap_x, overlap_y;
 } IedvrTiling;
-int iedvr_engine_run(IedvrEngine* engine, const void* frames, const int* frame_numbers, int half,
-                     int width, int height, const IedvrTiling* tiling, void* output, char* error,
-                     size_t error_size);
+int iedvr_engine_run(IedvrEngine* engine, const IedvrPlanes* frames, const int* frame_numbers,
+                     int half, int width, int height, const IedvrTiling* tiling,
+                     const IedvrOutputPlanes* output, char* error, size_t error_size);
 
 // The memory plan for frames of width x height, made once per filter before its first frame when
 // the user gave no tilesize: the engine measures what a window costs on its device at two small
@@ -72,8 +83,8 @@ void iedvr_engine_destroy(IedvrEngine* engine);
 
 typedef IedvrEngine* (*IedvrEngineCreate)(const char*, int, int, IedvrEngine*, char*, size_t);
 typedef void (*IedvrEngineInfo)(const IedvrEngine*, IedvrModelInfo*);
-typedef int (*IedvrEngineRun)(IedvrEngine*, const void*, const int*, int, int, int,
-                              const IedvrTiling*, void*, char*, size_t);
+typedef int (*IedvrEngineRun)(IedvrEngine*, const IedvrPlanes*, const int*, int, int, int,
+                              const IedvrTiling*, const IedvrOutputPlanes*, char*, size_t);
 typedef void (*IedvrEngineDestroy)(IedvrEngine*);
 typedef int (*IedvrEnginePlan)(IedvrEngine*, int, int, int, double, IedvrPlan*, char*, size_t);
 }

@@ -40,10 +40,11 @@ inline int default_overlap(int64_t tile) {
 }
 
 // The tile size along one axis for at most `tile` pixels: as many tiles as needed, then each made
-// as small as that count allows (less work in the overlaps), rounded up to the network's multiple
-// of 4 where that still fits (the network pads to it anyway).
+// as small as that count allows (less work in the overlaps), in multiples of 4 (the network pads
+// to them anyway).
 inline int64_t balanced(int64_t length, int64_t tile) {
   if (tile >= length) return length;
+  tile = std::max<int64_t>(4, tile / 4 * 4);
   const int overlap = default_overlap(tile);
   const int64_t count = (length - overlap + (tile - overlap) - 1) / (tile - overlap);
   const int64_t even = (length - overlap + count - 1) / count + overlap;

@@ -99,8 +99,9 @@ class EnginePool {
                           error_size);
   }
 
-  int run(const void* frames, const int* frame_numbers, int half, int width, int height,
-          const IedvrTiling* tiling, void* output, char* error, size_t error_size) {
+  int run(const IedvrPlanes* frames, const int* frame_numbers, int half, int width, int height,
+          const IedvrTiling* tiling, const IedvrOutputPlanes* output, char* error,
+          size_t error_size) {
     IedvrEngine* engine = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -152,9 +153,9 @@ std::string mebibytes(double bytes) {
 void plan_memory(UpscaleData* d, VSCore* core, const VSAPI* vsapi) {
   const int width = d->in_vi.width, height = d->in_vi.height;
   const int bytes = d->in_vi.format.bitsPerSample / 8, scale2 = d->model.scale * d->model.scale;
-  // This filter's own buffers per input pixel: the window it copies and the frames around it,
-  // the upscaled result and the output frame.
-  const double host_bytes_per_pixel = (2.0 * d->model.num_frames * 3 + 2.0 * 3 * scale2) * bytes;
+  // The VapourSynth frames this filter holds per input pixel: the window's input frames and the
+  // output frame (the engine reads and writes their planes in place).
+  const double host_bytes_per_pixel = (1.0 * d->model.num_frames * 3 + 3.0 * scale2) * bytes;
   IedvrPlan plan{};
   char error[1024] = {0};
   if (d->engines->plan(width, height, host_bytes_per_pixel, &plan, error, sizeof error) != 0) {
@@ -200,26 +201,19 @@ bool has_property(const VSAPI* vsapi, const VSFrame* frame, const char* key) {
   return error == 0 && value != 0;
 }
 
-void copy_plane_in(const VSAPI* vsapi, const VSFrame* frame, int plane, int bytes, uint8_t* dst,
-                   int width, int height) {
-  vsh::bitblt(dst, static_cast<ptrdiff_t>(width) * bytes, vsapi->getReadPtr(frame, plane),
-              vsapi->getStride(frame, plane), static_cast<size_t>(width) * bytes, height);
-}
-
 // NaN or infinity anywhere in an input frame would spread over every output frame whose window
 // holds it, silently: such frames are refused instead. float16: an all-ones exponent.
-bool is_finite_plane(const uint8_t* data, int width, int height, int bytes) {
-  const size_t count = static_cast<size_t>(width) * height;
-  if (bytes == 2) {
-    const auto* half = reinterpret_cast<const uint16_t*>(data);
-    for (size_t i = 0; i < count; ++i) {
-      if ((half[i] & 0x7c00) == 0x7c00) return false;
-    }
-    return true;
-  }
-  const auto* values = reinterpret_cast<const float*>(data);
+bool is_finite_plane(const uint8_t* data, ptrdiff_t stride, int width, int height, int bytes) {
   bool finite = true;
-  for (size_t i = 0; i < count; ++i) finite &= std::isfinite(values[i]);
+  for (int y = 0; y < height; ++y, data += stride) {
+    if (bytes == 2) {
+      const auto* half = reinterpret_cast<const uint16_t*>(data);
+      for (int x = 0; x < width; ++x) finite &= (half[x] & 0x7c00) != 0x7c00;
+    } else {
+      const auto* values = reinterpret_cast<const float*>(data);
+      for (int x = 0; x < width; ++x) finite &= std::isfinite(values[x]);
+    }
+  }
   return finite;
 }
 
@@ -269,17 +263,24 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
   }
   const bool half = d->in_vi.format.bitsPerSample == 16;
   const int bytes = half ? 2 : 4, width = d->in_vi.width, height = d->in_vi.height;
-  const size_t plane_bytes = static_cast<size_t>(width) * height * bytes;
-  std::vector<uint8_t> window(plane_bytes * 3 * d->model.num_frames);
+  // The engine reads the window's planes where they are, and writes into the output frame's.
+  std::vector<IedvrPlanes> window(d->model.num_frames);
   std::vector<int> window_frames(d->model.num_frames);
   for (int k = -radius; k <= radius; ++k) {
     // Folding into the shot applies the border rule at cuts and at the clip's ends alike.
     const int index = fold(int64_t{n} + k, shot_start, shot_end, d->border);
     window_frames[k + radius] = index;
     for (int plane = 0; plane < 3; ++plane) {
-      uint8_t* copied = window.data() + ((k + radius) * 3 + plane) * plane_bytes;
-      copy_plane_in(vsapi, frames[index], plane, bytes, copied, width, height);
-      if (!is_finite_plane(copied, width, height, bytes)) {
+      window[k + radius].data[plane] = vsapi->getReadPtr(frames[index], plane);
+      window[k + radius].stride[plane] = vsapi->getStride(frames[index], plane);
+    }
+  }
+  // Each distinct input frame checked once.
+  for (const auto& [index, frame] : frames) {
+    if (index < shot_start || index > shot_end) continue;
+    for (int plane = 0; plane < 3; ++plane) {
+      if (!is_finite_plane(vsapi->getReadPtr(frame, plane), vsapi->getStride(frame, plane), width,
+                           height, bytes)) {
         for (auto& entry : frames) vsapi->freeFrame(entry.second);
         vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) +
                                ": input frame " + std::to_string(index) + " holds NaN or " +
@@ -292,23 +293,21 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
     }
   }
   const VSFrame* centre = frames[n];
-  const int out_width = d->out_vi.width, out_height = d->out_vi.height;
-  const size_t out_plane_bytes = static_cast<size_t>(out_width) * out_height * bytes;
-  std::vector<uint8_t> upscaled(out_plane_bytes * 3);
+  VSFrame* out = vsapi->newVideoFrame(&d->out_vi.format, d->out_vi.width, d->out_vi.height, centre, core);
+  IedvrOutputPlanes output{};
+  for (int plane = 0; plane < 3; ++plane) {
+    output.data[plane] = vsapi->getWritePtr(out, plane);
+    output.stride[plane] = vsapi->getStride(out, plane);
+  }
   char error[1024] = {0};
   const int status = d->engines->run(window.data(), window_frames.data(), half ? 1 : 0, width,
-                                     height, &d->tiling, upscaled.data(), error, sizeof error);
+                                     height, &d->tiling, &output, error, sizeof error);
   if (status != 0) {
+    vsapi->freeFrame(out);
     for (auto& entry : frames) vsapi->freeFrame(entry.second);
     vsapi->setFilterError((std::string(kName) + ": frame " + std::to_string(n) + ": " + error).c_str(),
                           context);
     return nullptr;
-  }
-  VSFrame* out = vsapi->newVideoFrame(&d->out_vi.format, out_width, out_height, centre, core);
-  for (int plane = 0; plane < 3; ++plane) {
-    vsh::bitblt(vsapi->getWritePtr(out, plane), vsapi->getStride(out, plane),
-                upscaled.data() + plane * out_plane_bytes, static_cast<ptrdiff_t>(out_width) * bytes,
-                static_cast<size_t>(out_width) * bytes, out_height);
   }
   for (auto& entry : frames) vsapi->freeFrame(entry.second);
   return out;
