@@ -69,9 +69,9 @@ def nvidia_wheel_dirs() -> list[Path]:
 
 def ops_extension():
     sources = [
-        "csrc/dcn/dcn_op.cpp",
-        "csrc/dcn/cpu/dcn_cpu.cpp",
-        "csrc/dcn/autocast/dcn_autocast.cpp",
+        "csrc/ops/dcn_op.cpp",
+        "csrc/ops/cpu/dcn_cpu.cpp",
+        "csrc/ops/autocast/dcn_autocast.cpp",
     ]
     # -fno-trapping-math lets GCC vectorise the branch-free sampling loops (their float-to-int
     # conversions are otherwise treated as possibly trapping); nothing here reads FP exception flags.
@@ -94,7 +94,7 @@ def ops_extension():
         kwargs["include_dirs"] = [str(d / "include") for d in nvidia_wheel_dirs()]
         link_args += [f"-Wl,-rpath,$ORIGIN/../nvidia/{d.name}/lib" for d in nvidia_wheel_dirs()]
         return cpp_extension.CUDAExtension(
-            sources=sources + ["csrc/dcn/cuda/dcn_cuda.cu"], **kwargs
+            sources=sources + ["csrc/ops/cuda/dcn_cuda.cu"], **kwargs
         )
     return cpp_extension.CppExtension(sources=sources, **kwargs)
 
@@ -105,7 +105,7 @@ def engine_extension():
     memory plan); without it, it runs on CUDA all the same."""
     kwargs = dict(
         name="vs_iedvr.libiedvr_engine",
-        sources=["csrc/plugin/engine.cpp"],
+        sources=["csrc/engine/engine.cpp"],
         extra_compile_args={"cxx": ["-O2"]},
         # --no-as-needed keeps libtorch.so (and through it the CUDA backend) loaded although the
         # engine names no symbol of it directly.
@@ -128,7 +128,7 @@ def vapoursynth_plugin_extension():
 
     return Extension(
         name="vapoursynth.plugins.iedvr.libiedvr_vs",
-        sources=["csrc/plugin/vs_filter.cpp"],
+        sources=["csrc/vsfilter/vs_filter.cpp"],
         include_dirs=[vapoursynth.get_include()],
         extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden"],
         extra_link_args=["-ldl"],

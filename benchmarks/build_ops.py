@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["csrc/dcn/dcn_op.cpp", "csrc/dcn/cpu/dcn_cpu.cpp", "csrc/dcn/autocast/dcn_autocast.cpp"]
-CUDA_SOURCES = ["csrc/dcn/cuda/dcn_cuda.cu"]
+SOURCES = ["csrc/ops/dcn_op.cpp", "csrc/ops/cpu/dcn_cpu.cpp", "csrc/ops/autocast/dcn_autocast.cpp"]
+CUDA_SOURCES = ["csrc/ops/cuda/dcn_cuda.cu"]
 
 
 def find_cuda_home() -> str | None:

@@ -81,7 +81,7 @@ def output_size(input_size, weight_size, stride, padding, dilation) -> tuple[int
 
 def _check_args(input, offset, mask, weight, bias, stride, padding, dilation, groups,
                 deformable_groups) -> tuple[int, int]:
-    """The C++ operator's argument checks (csrc/dcn/dcn_op.cpp), with its messages, for the fake
+    """The C++ operator's argument checks (csrc/ops/dcn_op.cpp), with its messages, for the fake
     kernels: torch.compile and torch.export trace with fake tensors and never run the C++ checks,
     so without these a wrong shape would surface later as a different error, or none. With
     symbolic sizes each check becomes a guard or a runtime assertion of the traced program.

@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "engine.h"
-#include "memory_plan.h"
+#include "../engine/engine.h"
+#include "../engine/memory_plan.h"
 
 namespace {
 
