@@ -3,6 +3,8 @@
     vs-iedvr info                          what is installed, which devices are seen
     vs-iedvr info MODEL [--size 320x180]   a model file: metadata, parameters, FLOPs
     vs-iedvr export --arch iedvr-m [--weights CKPT] --output MODEL
+    vs-iedvr export --format onnx --target tensorrt|openvino [--from-model default.pt]
+                    [--size 320x180] --output MODEL.onnx     for vs-mlrt (core.trt / core.ov)
     vs-iedvr selftest                      check the compiled operator on every device
     vs-iedvr bench [--size 320x180]        the plugin's speed next to a Python callback's
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import __version__, bench, model_file, network, ops
+from . import __version__, bench, model_file, network, onnx_export, ops
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -71,10 +73,41 @@ def model_info(args) -> int:
     return 0
 
 
+def model_file_path(text: str) -> Path:
+    """A model file's path, or the name of one of the shipped model files (default.pt)."""
+    path = Path(text)
+    shipped = Path(__file__).parent / "models" / path.name
+    if not path.exists() and path.name == text and shipped.is_file():
+        return shipped
+    return path
+
+
 def export(args) -> int:
-    net = network.build(args.arch, scale=args.scale)
-    weights = model_file.load_weights(net, args.weights) if args.weights else None
-    metadata = model_file.export_model(net, args.output, args.arch, weights, args.weights_dtype)
+    if args.format == "onnx" and args.target is None:
+        args.parser.error("--format onnx needs --target: " + "; ".join(
+            f"{name} ({what})" for name, what in onnx_export.TARGETS.items()))
+    if args.format == "model" and (args.target is not None or args.size is not None):
+        args.parser.error("--target and --size are for --format onnx; a model file takes any "
+                          "frame size")
+    if args.from_model is not None:
+        if args.arch is not None or args.scale is not None or args.weights is not None:
+            args.parser.error("--from-model takes the architecture, scale and weights from the "
+                              "model file: leave out --arch, --scale and --weights")
+        net, source = model_file.network_from_model_file(model_file_path(args.from_model))
+        arch, weights = source["architecture"], source["weights"]
+    else:
+        arch = args.arch or "iedvr-m"
+        net = network.build(arch, scale=args.scale or 4)
+        weights = model_file.load_weights(net, args.weights) if args.weights else None
+    if args.format == "onnx":
+        metadata = onnx_export.export_onnx(net, args.output, args.target, arch, args.size,
+                                           weights, args.weights_dtype)
+        print(f"wrote {args.output}: {metadata['architecture']} x{metadata['scale']} for "
+              f"{args.target}, input [1, {3 * metadata['num_frames']}, H, W] "
+              f"({metadata['input']['size']}), {metadata['parameters']:,} parameters, "
+              f"weights: {metadata['weights']['source']}")
+        return 0
+    metadata = model_file.export_model(net, args.output, arch, weights, args.weights_dtype)
     print(f"wrote {args.output}: {metadata['architecture']} x{metadata['scale']}, "
           f"{metadata['parameters']:,} parameters, weights: {metadata['weights']['source']}")
     return 0
@@ -119,16 +152,28 @@ def main(argv=None) -> int:
     info_parser.add_argument("--size", type=parse_size, default=(320, 180),
                              help="input frame size for the FLOP count, WIDTHxHEIGHT (default 320x180)")
     info_parser.set_defaults(run=info)
-    export_parser = commands.add_parser("export", help="write a model file for the plugin")
-    export_parser.add_argument("--arch", choices=sorted(network.PRESETS), default="iedvr-m")
-    export_parser.add_argument("--scale", type=int, choices=(2, 4), default=4)
+    export_parser = commands.add_parser("export", help="write a model file for the plugin, or "
+                                        "an ONNX file for vs-mlrt")
+    export_parser.add_argument("--format", choices=("model", "onnx"), default="model",
+                               help="model: a model file for core.iedvr.Upscale (default); onnx: "
+                               "for vs-mlrt's core.trt.Model / core.ov.Model")
+    export_parser.add_argument("--target", choices=sorted(onnx_export.TARGETS),
+                               help="with --format onnx: tensorrt (standard DeformConv, opset 19) "
+                               "or openvino (org.openvinotoolkit::DeformableConv2D)")
+    export_parser.add_argument("--size", type=parse_size, help="with --format onnx: fix the input "
+                               "size, WIDTHxHEIGHT (default: any size)")
+    export_parser.add_argument("--arch", choices=sorted(network.PRESETS),
+                               help="network architecture (default iedvr-m)")
+    export_parser.add_argument("--scale", type=int, choices=(2, 4), help="upscaling factor (default 4)")
     export_parser.add_argument("--weights", help="checkpoint or state dict (ours or BasicSR's); "
                                "without it the network is untrained")
-    export_parser.add_argument("--output", required=True, help="the model file to write")
+    export_parser.add_argument("--from-model", help="take the network and its weights from a model "
+                               "file instead (a path, or default.pt for the shipped weights)")
+    export_parser.add_argument("--output", required=True, help="the file to write")
     export_parser.add_argument("--weights-dtype", choices=sorted(model_file.WEIGHT_DTYPES),
                                default="float32", help="how the weights are stored (float16: "
                                "half the size; inference precision is chosen when loading)")
-    export_parser.set_defaults(run=export)
+    export_parser.set_defaults(run=export, parser=export_parser)
     commands.add_parser("selftest", help="check the compiled operator on every device").set_defaults(run=selftest)
     bench_parser = commands.add_parser("bench", help="frames per second of the plugin and of a "
                                        "Python-callback pipeline, FLOP rates, peak memory")
@@ -137,7 +182,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except model_file.ModelFileError as error:
+    except (model_file.ModelFileError, onnx_export.MissingOnnxError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -243,3 +243,16 @@ def flops_per_frame(model: nn.Module, metadata: dict, height: int, width: int) -
 
 def config_of(metadata: dict) -> NetworkConfig:
     return NetworkConfig.from_dict(metadata["config"])
+
+
+def network_from_model_file(path) -> tuple[IEDVR, dict]:
+    """The eager network of a model file, its weights in float32, and the file's metadata: for
+    exporting a model file again (ONNX, or other weights_dtype) without its checkpoint."""
+    traced, metadata = load_model(path)
+    network = IEDVR(config_of(metadata))
+    prefix = "network."
+    # The traced PaddedNetwork holds the network under `network`, with the eager module's names.
+    state = {name[len(prefix):]: tensor for name, tensor in traced.state_dict().items()
+             if name.startswith(prefix)}
+    network.load_state_dict(state, strict=True)
+    return network.eval(), metadata
