@@ -181,8 +181,13 @@ def fixed_batch(dataset_root, count=8):
 
 def test_short_training_lowers_the_loss_and_exports(dataset_root, tmp_path):
     path = train(tiny_config(dataset_root, tmp_path / "run", restart_every=40))
-    assert len(read_log(tmp_path / "run")) == 40
-    assert any(row["val_psnr_y"] for row in read_log(tmp_path / "run"))
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 40
+    assert any(row["val_psnr_y"] for row in rows)
+    # The offset predictors start at zero (a plain convolution) and learn to move.
+    offsets = [float(row["offset_magnitude"]) for row in rows]
+    assert offsets[0] == 0.0 and offsets[-1] > 0.0
+    assert all(float(row["offset_magnitude_max"]) >= float(row["offset_magnitude"]) for row in rows)
     # The same samples through the untrained network (train() seeds it the same way) and
     # through the exported result.
     low, high = fixed_batch(dataset_root)
@@ -226,6 +231,9 @@ def test_two_processes_over_gloo(dataset_root, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_log(tmp_path / "ddp")) == 4
+    # Progress lines go to stderr, once (rank 0), and stdout keeps the results.
+    assert result.stderr.count("step 4/4 loss") == 1 and "step 4/4" not in result.stdout
+    assert "trained 4 steps" in result.stdout and "model file:" in result.stdout
     model_file.load_model(tmp_path / "ddp" / "model.pt")
 
 
@@ -298,18 +306,132 @@ def test_mixed_precision_run_on_the_cpu(dataset_root, tmp_path):
     assert all(math.isfinite(float(row["loss"])) for row in read_log(tmp_path / "amp"))
 
 
-def test_offset_magnitude_is_measured():
-    from vs_iedvr.training.train import mean_offset_magnitude
+def test_offset_statistics_come_from_hooks_not_from_the_model():
+    from vs_iedvr.edvr_blocks import DCNv2Pack
+    from vs_iedvr.training.train import OffsetMonitor
 
     torch.manual_seed(0)
     network = build("iedvr-m", **TINY_NETWORK).train()
+    monitor = OffsetMonitor(network)
+    assert len(monitor.handles) == 4
     with torch.no_grad():
-        network.pcd_align.cas_dcnpack.conv_offset.bias.fill_(60.0)  # every offset 60 pixels
+        network.pcd_align.cas_dcnpack.conv_offset.bias[:36].fill_(60.0)  # every offset 60 pixels
+        network.pcd_align.cas_dcnpack.conv_offset.bias[36:].fill_(-80.0)  # the mask: not offsets
         network(torch.rand(1, 5, 3, 8, 8))
-    packs = [m for m in network.modules() if hasattr(m, "offset_magnitude")]
-    assert len(packs) == 4
-    expected = (3 * 0.0 + 60.0) / 4  # the other packs predict zero offsets at initialisation
-    assert mean_offset_magnitude(network) == pytest.approx(expected)
+    # The other packs predict zero offsets at initialisation.
+    assert monitor.read() == pytest.approx(((3 * 0.0 + 60.0) / 4, 60.0))
+    assert monitor.read() == (0.0, 0.0)  # read() starts a new window
+    with torch.no_grad():
+        network.eval()(torch.rand(1, 5, 3, 8, 8))
+    assert monitor.read() == (0.0, 0.0)  # validation's forward passes are not counted
+    monitor.remove()
+    with torch.no_grad():
+        network.train()(torch.rand(1, 5, 3, 8, 8))
+    assert monitor.read() == (0.0, 0.0)
+    assert not any(hasattr(m, "offset_magnitude") for m in network.modules()
+                   if isinstance(m, DCNv2Pack))
+
+
+def test_log_writes_a_csv_row_per_call(tmp_path):
+    from vs_iedvr.training.train import LOG_COLUMNS, RunLog
+
+    log = RunLog(tmp_path)
+    log.log(0, {"val_psnr_y": 31.25, "val_ssim_y": 0.875, "seconds": 0.0})
+    log.log(20, {"loss": 0.0412345678, "learning_rate": 2e-4, "offset_magnitude": 1.5,
+                 "iterations_per_s": 3.25, "seconds": 12.34})
+    with pytest.raises(ValueError, match="not columns"):
+        log.log(21, {"los": 1.0})
+    log.close()
+    log = RunLog(tmp_path)  # a resumed run appends
+    log.log(40, {"loss": 0.03})
+    log.close()
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", *LOG_COLUMNS]
+    named = [dict(zip(rows[0], row)) for row in rows[1:]]
+    assert [r["step"] for r in named] == ["0", "20", "40"]
+    assert named[0]["val_psnr_y"] == "31.25" and named[0]["loss"] == ""
+    assert named[1]["loss"] == "0.041235" and named[1]["learning_rate"] == "2.000e-04"
+    assert named[1]["seconds"] == "12.3" and named[1]["val_psnr_y"] == ""
+    assert named[2]["loss"] == "0.030000"
+
+
+def test_log_adds_new_columns_to_an_older_log(tmp_path):
+    from vs_iedvr.training.train import LOG_COLUMNS, RunLog
+
+    (tmp_path / "log.csv").write_text("step,loss,seconds\n5,0.5,1.0\n")
+    log = RunLog(tmp_path)
+    log.log(6, {"loss": 0.25, "offset_magnitude_max": 2.0})
+    log.close()
+    rows = read_log(tmp_path)
+    assert list(rows[0]) == ["step", *LOG_COLUMNS]
+    assert (rows[0]["loss"], rows[0]["seconds"], rows[0]["learning_rate"]) == ("0.5", "1.0", "")
+    assert (rows[1]["loss"], rows[1]["offset_magnitude_max"]) == ("0.250000", "2.000")
+
+
+def test_log_writes_tensorboard_scalars_when_it_is_installed(tmp_path, monkeypatch):
+    import types
+
+    from vs_iedvr.training.train import RunLog
+
+    scalars = []
+
+    class SummaryWriter:  # torch.utils.tensorboard's interface, as far as the log uses it
+        def __init__(self, folder):
+            self.folder = folder
+
+        def add_scalar(self, name, value, step):
+            scalars.append((name, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    log = RunLog(tmp_path)
+    assert log.tensorboard.folder == str(tmp_path / "tensorboard")
+    log.log(7, {"loss": 0.5, "val_psnr_y": 30.0})
+    log.close()
+    assert scalars == [("loss", 0.5, 7), ("val_psnr_y", 30.0, 7)]
+
+
+def test_help_describes_every_option():
+    import dataclasses
+    import re
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from vs_iedvr.training.__main__ import main
+
+    output = StringIO()
+    with redirect_stdout(output), pytest.raises(SystemExit) as exit:
+        main(["train", "--help"])
+    assert exit.value.code == 0
+    # The entries of the options list, each an option's line and its indented help lines.
+    listing = output.getvalue().split("\noptions:\n")[1]
+    entries = {}
+    for entry in re.split(r"\n(?=  -)", listing):
+        # argparse wraps lines (at hyphens too): compare without whitespace.
+        entries[entry.split()[0].rstrip(",")] = "".join(entry.split())
+    for config_field in dataclasses.fields(TrainConfig):
+        sentence = config_field.metadata["help"]
+        assert len(sentence.split()) >= 4 and sentence.endswith("."), config_field.name
+        option = "--" + config_field.name.replace("_", "-")
+        assert "".join(sentence.split()) in entries[option], config_field.name
+    assert entries["--scale"].endswith("Default:4.") and entries["--amp"].endswith("Default:on.")
+
+
+def test_validation_has_its_own_schedule(dataset_root, tmp_path):
+    # Validation every 5 steps, log rows every 7: every validation gets a row of its own.
+    train(tiny_config(dataset_root, tmp_path / "run", iterations=10, log_every=7,
+                      validate_every=5, checkpoint_every=100, export=False))
+    rows = read_log(tmp_path / "run")
+    assert [(r["step"], r["val_psnr_y"] != "") for r in rows] == [
+        ("5", True), ("7", False), ("10", True)]
+    assert all(float(r["loss"]) > 0 and float(r["iterations_per_s"]) > 0 for r in rows)
 
 
 def test_time_budget_stops_on_the_clock_with_timed_checkpoints(dataset_root, tmp_path):

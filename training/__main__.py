@@ -29,34 +29,34 @@ def parse_assignment(text: str) -> tuple[str, object]:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, its help the field's sentence and its default."""
     for config_field in dataclasses.fields(TrainConfig):
         option = "--" + config_field.name.replace("_", "-")
         default = getattr(TrainConfig(), config_field.name)
+        sentence = config_field.metadata["help"]
         if config_field.name == "data":
-            parser.add_argument(option, nargs="+", required=True,
-                                help="clip folders (REDS, Vimeo-90K or one folder per clip), "
-                                     "video files, stills:FOLDER")
+            parser.add_argument(option, nargs="+", required=True, help=sentence)
         elif config_field.name == "network":
             parser.add_argument(option, nargs="*", type=parse_assignment, default=[],
-                                help="changes to the network preset, NAME=VALUE")
-        elif config_field.name == "init":
-            parser.add_argument(option, default="",
-                                help="warm start: a model file (the shipped default.pt too), a "
-                                     "vs-iedvr checkpoint or a BasicSR checkpoint; tensors whose "
-                                     "names and shapes match are loaded, the optimiser starts "
-                                     "fresh (ignored when OUT_DIR/last.pt resumes a run)")
+                                metavar="NAME=VALUE", help=sentence)
         elif isinstance(default, bool):
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{sentence} Default: {'on' if default else 'off'}.")
         else:
             parser.add_argument(option, type=type(default), default=default,
-                                help=f"default {default}")
+                                help=f"{sentence} Default: {default if default != '' else 'empty'}.")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vs-iedvr-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_config_options(commands.add_parser("train", help="train a network"))
+    add_config_options(commands.add_parser(
+        "train", help="train a network",
+        description="Train a network. Every option is a field of TrainConfig (training/train.py); "
+                    "a run resumes from OUT_DIR/last.pt when there is one, writes log.csv as it "
+                    "goes (and TensorBoard curves when tensorboard is installed), progress lines "
+                    "to stderr, and at the end the plugin's model file OUT_DIR/model.pt."))
     evaluate_parser = commands.add_parser("evaluate", help="PSNR/SSIM of a model file on clips")
     evaluate_parser.add_argument("model")
     evaluate_parser.add_argument("clips", nargs="+",

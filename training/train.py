@@ -14,12 +14,17 @@ clock, start-up included, and its cosine spans the time left after the warm-up i
 of steps, so that it ends at the bottom of the cycle however fast the machine is. Such a run's
 schedule follows the clock, so its resume is not exact: a resumed run anneals again over its own
 budget (a restart, as the step-counted cycles have too).
+
+train() reads top to bottom: set-up, the loop (a step; then validation, the log and checkpoints,
+each on its own schedule), the model file. The pieces it calls each do one thing: the processes,
+the data, the model and optimiser (or their resume), the clock, the offset statistics, the log.
 """
 
 import csv
 import dataclasses
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,44 +43,75 @@ from .data import WindowDataset, find_sources, split_validation
 from .metrics import psnr, ssim
 from .warm_start import describe, read_initial_weights, warm_start
 
-OFFSET_WARNING = 50.0
+OFFSET_WARNING = 50.0  # pixels: offsets this large mean the alignment is diverging
+
+# log.csv's columns after "step" and how each is written; a row leaves empty what it lacks.
+LOG_COLUMNS = {"loss": ".6f", "learning_rate": ".3e", "offset_magnitude": ".3f",
+               "iterations_per_s": ".3f", "val_psnr_y": "", "val_ssim_y": "", "seconds": ".1f",
+               "offset_magnitude_max": ".3f"}
+
+
+def option(default, help: str):
+    """A TrainConfig field with the sentence that `vs-iedvr-train train --help` shows for it."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    data: list[str] = field(default_factory=list)  # clip folders, video files, stills:FOLDER
-    out_dir: str = "runs/iedvr"
-    init: str = ""  # warm start: a model file or checkpoint whose matching tensors are loaded
-    arch: str = "iedvr-m"
-    network: dict = field(default_factory=dict)  # overrides of the preset's NetworkConfig
-    scale: int = 4
-    degradation: str = "BI"  # BI (bicubic) or BD (Gaussian blur, every scale-th pixel)
-    still_fraction: float = 0.0  # share of samples from stills:; 0 = each still counts as one window
-    patch_size: int = 64  # low-resolution patch side
-    batch_size: int = 8  # per process
-    iterations: int = 100_000
-    learning_rate: float = 5e-5  # the paper's initial rate (EDVR used 4e-4)
-    min_learning_rate: float = 1e-7
-    offset_lr_factor: float = 0.1  # learning rate multiplier of the DCN offset predictors
-    warmup_iterations: int = 500
-    restart_every: int = 0  # iterations per cosine cycle; 0 = one pass over the data (the paper)
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # 0 = off
-    amp: bool = True  # float16 + loss scaling on CUDA, bfloat16 on CPUs that support it
-    channels_last: bool = True
-    validation_fraction: float = 0.1
-    validation_samples: int = 16
-    validate_every: int = 1000
-    checkpoint_every: int = 500
-    log_every: int = 20
-    num_workers: int = 2
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
-    time_budget_minutes: float = 0.0  # stop after this much wall clock, start-up included; 0 = none
-    checkpoint_every_minutes: float = 0.0  # also validate and checkpoint this often; 0 = only by steps
-    weights_dir: str = ""  # also write the weights alone, float16, as last-fp16.pt and best-fp16.pt
-    export: bool = True  # write the plugin's model file, model.pt, at the end
+    data: list[str] = field(default_factory=list, metadata={"help": (
+        "Training sources: clip folders (REDS, Vimeo-90K or one folder per clip), video files, "
+        "and stills:FOLDER for photographs turned into clips by synthetic camera motion.")})
+    out_dir: str = option("runs/iedvr", "Folder for log.csv, last.pt, best.pt and model.pt; a "
+                                        "last.pt found there is resumed.")
+    init: str = option("", "Warm start: a model file (the shipped default.pt too), a vs-iedvr "
+                           "checkpoint or a BasicSR checkpoint whose tensors of matching names and "
+                           "shapes are loaded, with a fresh optimiser (ignored when OUT_DIR/last.pt "
+                           "resumes a run).")
+    arch: str = option("iedvr-m", "Network preset: iedvr-m (the paper's), edvr-m or edvr-l.")
+    network: dict = field(default_factory=dict, metadata={"help": (
+        "Changes to the preset's NetworkConfig as NAME=VALUE, e.g. num_feat=32 "
+        "num_enhance_block=3.")})
+    scale: int = option(4, "Upscaling factor of the network and of the low-resolution input.")
+    degradation: str = option("BI", "How the low-resolution input is made: BI (MATLAB bicubic) or "
+                                     "BD (Gaussian blur, then every scale-th pixel).")
+    still_fraction: float = option(0.0, "Share of the samples drawn from stills:; 0 counts each "
+                                        "still as one window among the clips' windows.")
+    patch_size: int = option(64, "Side of the low-resolution training patch in pixels.")
+    batch_size: int = option(8, "Samples per step in each process.")
+    iterations: int = option(100_000, "Training steps of the whole run, a resumed one included.")
+    learning_rate: float = option(5e-5, "Peak learning rate, reached after the warm-up (the "
+                                        "paper's; EDVR used 4e-4).")
+    min_learning_rate: float = option(1e-7, "Learning rate at the bottom of each cosine cycle.")
+    offset_lr_factor: float = option(0.1, "Multiplier of the learning rate for the deformable "
+                                          "convolutions' offset predictors, for stability.")
+    warmup_iterations: int = option(500, "Steps of linear warm-up from zero to the learning rate.")
+    restart_every: int = option(0, "Steps per cosine cycle; 0 restarts after every pass over the "
+                                   "data, as the paper does.")
+    weight_decay: float = option(0.0, "Weight decay (L2 penalty) of the Adam optimiser.")
+    grad_clip: float = option(0.0, "Largest gradient norm, clipped beyond; 0 turns clipping off.")
+    amp: bool = option(True, "Mixed precision: float16 with loss scaling on CUDA, bfloat16 on "
+                             "CPUs that compute it natively, float32 elsewhere.")
+    channels_last: bool = option(True, "Keep the 2-D convolutions' weights channels-last, the "
+                                       "faster layout for their kernels.")
+    validation_fraction: float = option(0.1, "Share of the sources held out for validation; 0 "
+                                             "validates nothing.")
+    validation_samples: int = option(16, "Fixed held-out samples scored at each validation.")
+    validate_every: int = option(1000, "Steps between validations (and best.pt updates).")
+    checkpoint_every: int = option(500, "Steps between writes of last.pt.")
+    log_every: int = option(20, "Steps between rows of log.csv and progress lines.")
+    num_workers: int = option(2, "Data loader processes making samples.")
+    seed: int = option(0, "Seed of the initial weights, the validation split and every sample.")
+    device: str = option("auto", "Where to train: auto (CUDA when there is a GPU), cpu, cuda or "
+                                 "cuda:N.")
+    threads: int = option(0, "CPU threads of torch; 0 keeps torch's default.")
+    time_budget_minutes: float = option(0.0, "Stop after this many minutes of wall clock, start-up "
+                                             "included, annealing over the time left; 0 = no "
+                                             "budget.")
+    checkpoint_every_minutes: float = option(0.0, "Also validate and checkpoint this often by the "
+                                                  "clock; 0 = by steps only.")
+    weights_dir: str = option("", "Folder for last-fp16.pt and best-fp16.pt, the weights alone in "
+                                  "float16 that --init and export read; empty = none.")
+    export: bool = option(True, "Write the plugin's model file, OUT_DIR/model.pt, at the end.")
 
 
 def learning_rate_at(step: int, config: TrainConfig, cycle: int,
@@ -98,48 +134,151 @@ def parameter_groups(network, config: TrainConfig) -> list[dict]:
             {"params": offsets, "lr_factor": config.offset_lr_factor}]
 
 
-def mean_offset_magnitude(network) -> float:
-    values = [m.offset_magnitude for m in network.modules()
-              if isinstance(m, DCNv2Pack) and m.offset_magnitude is not None]
-    return torch.stack(values).mean().item() if values else 0.0
-
-
 def low_precision_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
 
 
-def pick_device(choice: str, local_rank: int) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(choice)
+# -- processes: one, or several under torchrun ---------------------------------------------------
+
+@dataclass
+class Processes:
+    distributed: bool
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
 
 
-def save_checkpoint(path: Path, network, optimizer, scaler, step: int, best_psnr: float,
-                    config: TrainConfig, init_steps: int, weights_only: bool = False) -> None:
-    """init_steps: the steps behind the --init weights, so that total_steps follows the weights
-    from run to run (and from machine to machine through the shipped model file).
+def start_processes(config: TrainConfig) -> Processes:
+    """This process's place among torchrun's (RANK, WORLD_SIZE), its device, the process group."""
+    distributed = "RANK" in os.environ
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if config.device == "auto":
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(config.device)
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels pay off
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return Processes(distributed, int(os.environ.get("RANK", 0)),
+                     int(os.environ.get("WORLD_SIZE", 1)), device)
 
-    weights_only: the weights alone, in float16, which --init and `vs-iedvr export --weights` read
-    but which cannot resume a run: 7 MB for iedvr-m where Adam's moments make last.pt 42 MB, small
-    enough to carry off a lent machine (the shipped model file holds float16 weights anyway)."""
-    state = {"model": network.state_dict(), "step": step, "best_psnr": best_psnr,
-             "init_steps": init_steps, "total_steps": init_steps + step,
+
+# -- data ------------------------------------------------------------------------------------------
+
+def load_data(config: TrainConfig, frames: int, out_dir: Path,
+              processes: Processes) -> tuple[WindowDataset, list | None]:
+    """The training samples, and the validation samples (read and degraded once, so that every
+    validation scores the same ones; rank 0 alone validates) or None when nothing is held out."""
+    clips, stills = find_sources(config.data, frames, out_dir / "decoded")
+    (train_clips, train_stills), (val_clips, val_stills) = split_validation(
+        clips, stills, config.validation_fraction, config.seed)
+    dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
+                            config.degradation, seed=config.seed, still_fraction=config.still_fraction)
+    if not (val_clips or val_stills) or not processes.master:
+        return dataset, None
+    held_out = WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
+                             config.degradation, seed=config.seed + 1, augmentation=False,
+                             still_fraction=config.still_fraction)
+    return dataset, [held_out[i] for i in range(config.validation_samples)]
+
+
+def batches(dataset, config: TrainConfig, processes: Processes, start: int):
+    """The batches of steps start, start + 1, ...: sample i of step s is sample
+    (s * world + rank) * batch + i of the dataset, so that every process and every resume draws
+    the samples of an uninterrupted single run."""
+    indexes = (((s * processes.world + processes.rank) * config.batch_size + i)
+               for s in range(start, config.iterations) for i in range(config.batch_size))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, sampler=indexes, num_workers=config.num_workers,
+        persistent_workers=False, pin_memory=processes.device.type == "cuda")
+    return iter(loader)
+
+
+# -- model, optimiser, precision, and their resume ---------------------------------------------
+
+@dataclass
+class Trainee:
+    """What a checkpoint holds: the network, its optimiser and loss scaler, and the run's place."""
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    best_psnr: float = -math.inf
+    init_steps: int = 0  # the steps behind the --init weights, carried into total_steps
+
+
+def prepare_trainee(network, config: TrainConfig, processes: Processes, last_path: Path) -> Trainee:
+    """The network on its device with its optimiser: resumed from last.pt when there is one,
+    else warm-started from --init when asked."""
+    init_steps = 0
+    if config.init and not last_path.exists():  # a resume takes its weights from last.pt
+        initial = read_initial_weights(config.init)
+        report = warm_start(network, initial)
+        init_steps = initial.steps
+        if processes.master:
+            print(describe(report, config.init), flush=True)
+    network = network.to(processes.device)
+    if config.channels_last:  # 2D convolutions only; Module.to() refuses the 3D ones' 5D weights
+        for parameter in network.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(parameter_groups(network, config), lr=config.learning_rate,
+                                 betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    amp_dtype = low_precision_dtype(processes.device) if config.amp else None
+    scaler = torch.amp.GradScaler(processes.device.type, enabled=amp_dtype == torch.float16)
+    trainee = Trainee(network, optimizer, scaler, init_steps=init_steps)
+    if last_path.exists():  # resume exactly where the last checkpoint was written
+        state = torch.load(last_path, map_location=processes.device, weights_only=False)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        trainee.step, trainee.best_psnr = state["step"], state["best_psnr"]
+        trainee.init_steps = state.get("init_steps", 0)
+    return trainee
+
+
+def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
+                    weights_only: bool = False) -> None:
+    """weights_only: the weights alone, in float16, which --init and `vs-iedvr export --weights`
+    read but which cannot resume a run: 7 MB for iedvr-m where Adam's moments make last.pt 42 MB,
+    small enough to carry off a lent machine (the shipped model file holds float16 weights anyway).
+    total_steps follows the weights from run to run (and from machine to machine through the
+    shipped model file)."""
+    state = {"model": trainee.network.state_dict(), "step": trainee.step,
+             "best_psnr": trainee.best_psnr, "init_steps": trainee.init_steps,
+             "total_steps": trainee.init_steps + trainee.step,
              "config": dataclasses.asdict(config)}
     if weights_only:
         state["model"] = {name: tensor.detach().to("cpu", torch.float16).contiguous()
                           if tensor.is_floating_point() else tensor.cpu()
                           for name, tensor in state["model"].items()}
     else:
-        state |= {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+        state |= {"optimizer": trainee.optimizer.state_dict(), "scaler": trainee.scaler.state_dict()}
     temporary = path.with_name(path.name + ".partial")
     torch.save(state, temporary)
     os.replace(temporary, path)
 
 
+def save(path: Path, trainee: Trainee, config: TrainConfig) -> None:
+    """last.pt or best.pt, and its float16 copy in --weights-dir when asked."""
+    save_checkpoint(path, trainee, config)
+    if config.weights_dir:
+        save_checkpoint(Path(config.weights_dir) / f"{path.stem}-fp16.pt", trainee, config,
+                        weights_only=True)
+
+
 @torch.no_grad()
-def validate(network, samples: list, device, autocast) -> tuple[float, float]:
+def validate(network, samples: list, device, autocast) -> dict[str, float]:
     """Mean Y-PSNR and Y-SSIM over fixed validation samples (low, high)."""
     network.eval()
     psnrs, ssims = [], []
@@ -150,140 +289,220 @@ def validate(network, samples: list, device, autocast) -> tuple[float, float]:
         ssims.append(ssim(out[0], high, y_channel=True))
     network.train()
     finite = [p for p in psnrs if math.isfinite(p)]
-    return sum(finite) / max(1, len(finite)), sum(ssims) / len(ssims)
+    return {"val_psnr_y": sum(finite) / max(1, len(finite)), "val_ssim_y": sum(ssims) / len(ssims)}
 
 
-def train(config: TrainConfig) -> Path | None:
-    run_started = time.time()
-    deadline = run_started + 60 * config.time_budget_minutes if config.time_budget_minutes else None
-    # -- processes: one, or several under torchrun ------------------------------------------
-    distributed = "RANK" in os.environ
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(config.device, local_rank)
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed patch shapes: the autotuned kernels pay off
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    master = rank == 0
-    out_dir = Path(config.out_dir)
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)  # the same initial weights in every process
+# -- the clock -------------------------------------------------------------------------------------
 
-    # -- data ------------------------------------------------------------------------------------
-    network = build(config.arch, scale=config.scale, **config.network)
-    frames = network.config.num_frame
-    clips, stills = find_sources(config.data, frames, out_dir / "decoded")
-    (train_clips, train_stills), (val_clips, val_stills) = split_validation(
-        clips, stills, config.validation_fraction, config.seed)
-    dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
-                            config.degradation, seed=config.seed, still_fraction=config.still_fraction)
-    # The same validation samples every time: read and degraded once.
-    validation = None
-    if val_clips or val_stills:
-        held_out = WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
-                                 config.degradation, seed=config.seed + 1, augmentation=False,
-                                 still_fraction=config.still_fraction)
-        validation = [held_out[i] for i in range(config.validation_samples)] if master else None
-    cycle = config.restart_every or max(1, dataset.pass_length() // (config.batch_size * world))
+class Clock:
+    """The wall clock's part in a run: the time budget's deadline and annealing, and the timed
+    checkpoints. Under torchrun every process reads rank 0's clock, so that all anneal and stop
+    at the same step (the loop's one synchronisation per step, and only with a time budget)."""
 
-    # -- model, optimiser, precision -------------------------------------------------------------
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    weights_dir = Path(config.weights_dir) if config.weights_dir else None
-    if weights_dir is not None and master:
-        weights_dir.mkdir(parents=True, exist_ok=True)
-    init_steps = 0
-    if config.init and not last_path.exists():  # a resume takes its weights from last.pt
-        initial = read_initial_weights(config.init)
-        report = warm_start(network, initial)
-        init_steps = initial.steps
-        if master:
-            print(describe(report, config.init), flush=True)
-    network = network.to(device)
-    if config.channels_last:  # 2D convolutions only; Module.to() refuses the 3D ones' 5D weights
-        for parameter in network.parameters():
-            if parameter.dim() == 4:
-                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(parameter_groups(network, config), lr=config.learning_rate,
-                                 betas=(0.9, 0.99), weight_decay=config.weight_decay)
-    amp_dtype = low_precision_dtype(device) if config.amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    def __init__(self, config: TrainConfig, run_started: float, processes: Processes):
+        self.config, self.processes = config, processes
+        self.deadline = (run_started + 60 * config.time_budget_minutes
+                         if config.time_budget_minutes else None)
+        self.annealing_started = None
+        self.next_checkpoint = None
+        if config.checkpoint_every_minutes:
+            self.next_checkpoint = self.now() + 60 * config.checkpoint_every_minutes
 
-    step, best_psnr = 0, -math.inf
-    if last_path.exists():  # resume exactly where the last checkpoint was written
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, best_psnr = state["step"], state["best_psnr"]
-        init_steps = state.get("init_steps", 0)
-    model = DistributedDataParallel(network) if distributed else network
-
-    def save(path: Path, step: int) -> None:
-        save_checkpoint(path, network, optimizer, scaler, step, best_psnr, config, init_steps)
-        if weights_dir is not None:
-            save_checkpoint(weights_dir / f"{path.stem}-fp16.pt", network, optimizer, scaler, step,
-                            best_psnr, config, init_steps, weights_only=True)
-
-    def shared_clock() -> float:
-        """Rank 0's clock in every process, so that all stop and anneal together."""
+    def now(self) -> float:
         now = time.time()
-        if distributed and deadline is not None:
-            now_tensor = torch.tensor([now], dtype=torch.float64, device=device)
+        if self.processes.distributed and self.deadline is not None:
+            now_tensor = torch.tensor([now], dtype=torch.float64, device=self.processes.device)
             dist.broadcast(now_tensor, 0)
             now = now_tensor.item()
         return now
 
-    # Sample i of step s is sample (s * world + rank) * batch + i of the dataset: every process
-    # and every resume draws the samples of an uninterrupted single run.
-    def batches(start: int):
-        indexes = (((s * world + rank) * config.batch_size + i)
-                   for s in range(start, config.iterations) for i in range(config.batch_size))
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, sampler=indexes,
-            num_workers=config.num_workers, persistent_workers=False,
-            pin_memory=device.type == "cuda")
-        return iter(loader)
+    def annealing_progress(self, step: int, now: float) -> float | None:
+        """The share of the budget's annealing time spent; None without a budget (the cosine
+        then follows the steps)."""
+        if self.deadline is None or step < self.config.warmup_iterations:
+            return None
+        self.annealing_started = self.annealing_started or now
+        return (now - self.annealing_started) / max(self.deadline - self.annealing_started, 1e-9)
 
-    log_file = tensorboard = None
-    if master:
-        try:  # TensorBoard curves when it is installed; log.csv always
+    def out_of_time(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def checkpoint_due(self, now: float) -> bool:
+        """Whether a timed validation and checkpoint is due (and then the next one is set)."""
+        if self.next_checkpoint is None or now < self.next_checkpoint:
+            return False
+        self.next_checkpoint = now + 60 * self.config.checkpoint_every_minutes
+        return True
+
+    def seconds_left(self, step: int, rate: float, now: float) -> float:
+        left = (self.config.iterations - step) / max(rate, 1e-9)
+        return left if self.deadline is None else min(left, max(0.0, self.deadline - now))
+
+
+# -- what the log shows ----------------------------------------------------------------------------
+
+class OffsetMonitor:
+    """Mean |offset| of every deformable convolution over the training steps since the last read,
+    gathered by forward hooks on their offset predictors: the model itself keeps no trainer
+    state. The sums stay on the device, so a step costs no synchronisation; read() pays one."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+        self.handles = [module.conv_offset.register_forward_hook(self._hook(name))
+                        for name, module in network.named_modules() if isinstance(module, DCNv2Pack)]
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            if not module.training:  # validation's offsets are not the training's
+                return
+            # DCNv2Pack reads the predictor's output as thirds (dy, dx, mask): offsets first.
+            offsets = output.detach()[:, : output.shape[1] // 3 * 2]
+            magnitude = offsets.abs().mean().float()
+            self.sums[name] = self.sums[name] + magnitude if name in self.sums else magnitude
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return record
+
+    def read(self) -> tuple[float, float]:
+        """(mean over the convolutions, the largest convolution's mean) since the last read."""
+        if not self.sums:
+            return 0.0, 0.0
+        means = torch.stack([total / self.calls[name] for name, total in self.sums.items()]).tolist()
+        self.sums, self.calls = {}, {}
+        return sum(means) / len(means), max(means)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class RunLog:
+    """log.csv (appended to by a resumed run) and, when tensorboard is installed, TensorBoard
+    curves in OUT_DIR/tensorboard."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / "log.csv"
+        header = ["step", *LOG_COLUMNS]
+        old_header = None
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                old_header = next(csv.reader(f), None)
+        if old_header is not None and old_header != header:  # written before columns were added
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, header, restval="", extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", newline="")
+        self.csv = csv.writer(self.file)
+        if new:
+            self.csv.writerow(header)
+            self.file.flush()
+        self.tensorboard = None
+        try:
             from torch.utils.tensorboard import SummaryWriter
-            tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
         except ImportError:
             pass
-        new_log = not (out_dir / "log.csv").exists()
-        log_file = open(out_dir / "log.csv", "a", newline="")
-        log = csv.writer(log_file)
-        if new_log:
-            log.writerow(["step", "loss", "learning_rate", "offset_magnitude", "iterations_per_s",
-                          "val_psnr_y", "val_ssim_y", "seconds"])
 
-    # -- the loop --------------------------------------------------------------------------------
-    if master and validation is not None and step == 0 and config.init:
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """One row of log.csv for `step` (columns missing from `values` left empty), flushed at
+        once so that a crash loses nothing; the same values as TensorBoard scalars."""
+        unknown = set(values) - set(LOG_COLUMNS)
+        if unknown:
+            raise ValueError(f"not columns of log.csv: {sorted(unknown)}")
+        self.csv.writerow([step] + [format(values[column], spec) if column in values else ""
+                                    for column, spec in LOG_COLUMNS.items()])
+        self.file.flush()
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(name, value, step)
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def progress_line(step: int, config: TrainConfig, values: dict, seconds_left: float) -> str:
+    """The log row as a line, with the time left and, on runs with more than ten minutes to go,
+    the clock time they should end at."""
+    line = (f"step {step}/{config.iterations} loss {values['loss']:.5f} "
+            f"lr {values['learning_rate']:.2e} offsets {values['offset_magnitude']:.2f} "
+            f"{values['iterations_per_s']:.2f} it/s, {duration(seconds_left)} left")
+    if seconds_left > 600:
+        line += time.strftime(" (ends about %a %H:%M)", time.localtime(time.time() + seconds_left))
+    if "val_psnr_y" in values:
+        line += f", val Y-PSNR {values['val_psnr_y']:.2f} SSIM {values['val_ssim_y']:.4f}"
+    return line
+
+
+# -- the result ------------------------------------------------------------------------------------
+
+def export_model_file(config: TrainConfig, out_dir: Path, best_psnr: float) -> Path:
+    """The plugin's model file from best.pt (last.pt when nothing was validated), with the
+    training's provenance in its metadata."""
+    path = out_dir / "model.pt"
+    weights = out_dir / "best.pt" if (out_dir / "best.pt").exists() else out_dir / "last.pt"
+    final = build(config.arch, scale=config.scale, **config.network)
+    provenance = model_file.load_weights(final, weights)
+    saved = provenance["training"]  # the step and total_steps of the checkpoint's weights
+    provenance["training"] = {"data": config.data, "degradation": config.degradation,
+                              "iterations": config.iterations, "arch": config.arch,
+                              "init": config.init or None, "step": saved["step"],
+                              "total_steps": saved["total_steps"],
+                              "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
+    model_file.export_model(final, path, config.arch, provenance)
+    return path
+
+
+def train(config: TrainConfig) -> Path | None:
+    run_started = time.time()
+    processes = start_processes(config)
+    master, device = processes.master, processes.device
+    out_dir = Path(config.out_dir)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if config.weights_dir:
+            Path(config.weights_dir).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    network = build(config.arch, scale=config.scale, **config.network)
+    dataset, validation = load_data(config, network.config.num_frame, out_dir, processes)
+    cycle = config.restart_every or max(1, dataset.pass_length() // (config.batch_size * processes.world))
+    trainee = prepare_trainee(network, config, processes, last_path)
+    network, optimizer, scaler = trainee.network, trainee.optimizer, trainee.scaler
+    model = DistributedDataParallel(network) if processes.distributed else network
+    amp_dtype = low_precision_dtype(device) if config.amp else None
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    log = RunLog(out_dir) if master else None
+    offsets = OffsetMonitor(network) if master else None
+    clock = Clock(config, run_started, processes)
+
+    if master and validation is not None and trainee.step == 0 and config.init:
         # What the run starts from, to compare its validation scores with.
-        val_psnr, val_ssim = validate(network, validation, device, autocast)
-        print(f"step 0 (the --init weights) val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}", flush=True)
-        log.writerow([0, "", "", "", "", val_psnr, val_ssim, "0.0"])
+        scores = validate(network, validation, device, autocast)
+        log.log(0, scores | {"seconds": 0.0})
+        print(f"step 0 (the --init weights) val Y-PSNR {scores['val_psnr_y']:.2f} "
+              f"SSIM {scores['val_ssim_y']:.4f}", file=sys.stderr, flush=True)
+
+    # -- the loop ----------------------------------------------------------------------------------
     model.train()
-    started, window_start, window_losses = time.time(), time.time(), []
-    first_step, now = step, shared_clock()
-    annealing_started = next_timed_checkpoint = None
-    if config.checkpoint_every_minutes:
-        next_timed_checkpoint = now + 60 * config.checkpoint_every_minutes
-    data = batches(step)
-    while step < config.iterations:
-        progress = None
-        if deadline is not None and step >= config.warmup_iterations:
-            annealing_started = annealing_started or now
-            progress = (now - annealing_started) / max(deadline - annealing_started, 1e-9)
-        lr = learning_rate_at(step, config, cycle, progress)
+    first_step, started = trainee.step, time.time()
+    window_start, window_steps, window_loss = time.time(), 0, torch.zeros((), device=device)
+    data = batches(dataset, config, processes, trainee.step)
+    now = clock.now()
+    while trainee.step < config.iterations:
+        lr = learning_rate_at(trainee.step, config, cycle, clock.annealing_progress(trainee.step, now))
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_factor"]
         low, high = next(data)
@@ -298,73 +517,54 @@ def train(config: TrainConfig) -> Path | None:
             torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        step += 1
-        window_losses.append(loss.item())
-        now = shared_clock()
-        out_of_time = deadline is not None and now >= deadline
-        last_step = step == config.iterations or out_of_time
-        timed = next_timed_checkpoint is not None and now >= next_timed_checkpoint
-        if timed:
-            next_timed_checkpoint = now + 60 * config.checkpoint_every_minutes
+        trainee.step += 1
+        step = trainee.step
+        window_loss += loss.detach()  # summed on the device: .item() only when a row is written
+        window_steps += 1
 
-        if master and (step % config.log_every == 0 or last_step or timed):
-            offsets = mean_offset_magnitude(network)
-            if offsets > OFFSET_WARNING:
-                warnings.warn(f"step {step}: mean DCN offset magnitude {offsets:.1f} > "
+        now = clock.now()
+        out_of_time = clock.out_of_time(now)
+        # The end of the run and the timed checkpoints validate, log and checkpoint.
+        milestone = step == config.iterations or out_of_time or clock.checkpoint_due(now)
+
+        scores = {}
+        if master and validation is not None and (step % config.validate_every == 0 or milestone):
+            scores = validate(network, validation, device, autocast)
+            if scores["val_psnr_y"] > trainee.best_psnr:
+                trainee.best_psnr = scores["val_psnr_y"]
+                save(best_path, trainee, config)
+
+        if master and (step % config.log_every == 0 or milestone or scores):
+            rate = window_steps / max(now - window_start, 1e-9)
+            offset_mean, offset_max = offsets.read()
+            if offset_mean > OFFSET_WARNING:
+                warnings.warn(f"step {step}: mean DCN offset magnitude {offset_mean:.1f} > "
                               f"{OFFSET_WARNING:.0f}: training may be diverging (lower "
                               "learning_rate or offset_lr_factor, or raise warmup_iterations)")
-            rate = len(window_losses) / (time.time() - window_start)
-            mean_loss = sum(window_losses) / len(window_losses)
-            left = (config.iterations - step) / max(rate, 1e-9)
-            if deadline is not None:
-                left = min(left, max(0.0, deadline - now))
-            val_psnr = val_ssim = ""
-            if validation is not None and (step % config.validate_every == 0 or last_step or timed):
-                val_psnr, val_ssim = validate(network, validation, device, autocast)
-                if val_psnr > best_psnr:
-                    best_psnr = val_psnr
-                    save(best_path, step)
-            print(f"step {step}/{config.iterations} loss {mean_loss:.5f} lr {lr:.2e} "
-                  f"offsets {offsets:.2f} {rate:.2f} it/s, "
-                  + (f"{left / 3600:.1f} h left" if left >= 3600 else f"{left / 60:.1f} min left")
-                  + (f", val Y-PSNR {val_psnr:.2f} SSIM {val_ssim:.4f}" if val_psnr != "" else ""),
-                  flush=True)
-            log.writerow([step, f"{mean_loss:.6f}", f"{lr:.3e}", f"{offsets:.3f}", f"{rate:.3f}",
-                          val_psnr, val_ssim, f"{time.time() - started:.1f}"])
-            log_file.flush()
-            if tensorboard is not None:
-                scalars = {"loss": mean_loss, "learning_rate": lr, "offset_magnitude": offsets,
-                           "val_psnr_y": val_psnr, "val_ssim_y": val_ssim}
-                for name, value in scalars.items():
-                    if value != "":
-                        tensorboard.add_scalar(name, value, step)
-            window_start, window_losses = time.time(), []
-        if master and (step % config.checkpoint_every == 0 or last_step or timed):
-            save(last_path, step)
+            values = {"loss": window_loss.item() / window_steps, "learning_rate": lr,
+                      "offset_magnitude": offset_mean, "offset_magnitude_max": offset_max,
+                      "iterations_per_s": rate, "seconds": time.time() - started} | scores
+            log.log(step, values)
+            print(progress_line(step, config, values, clock.seconds_left(step, rate, now)),
+                  file=sys.stderr, flush=True)
+            window_start, window_steps, window_loss = time.time(), 0, torch.zeros((), device=device)
+
+        if master and (step % config.checkpoint_every == 0 or milestone):
+            save(last_path, trainee, config)
         if out_of_time:
             break
 
-    # -- the result: the plugin's model file -----------------------------------------------------
-    model_path = out_dir / "model.pt" if config.export else None
+    # -- the result: the plugin's model file -------------------------------------------------------
     if master:
         seconds = time.time() - started
-        print(f"trained {step - first_step} steps in {seconds:.1f} s: "
-              f"{(step - first_step) / max(seconds, 1e-9):.3f} steps/s", flush=True)
-        log_file.close()
-        if tensorboard is not None:
-            tensorboard.close()
-    if master and config.export:
-        weights = best_path if best_path.exists() else last_path
-        final = build(config.arch, scale=config.scale, **config.network)
-        provenance = model_file.load_weights(final, weights)
-        saved = provenance["training"]  # the step and total_steps of the checkpoint's weights
-        provenance["training"] = {"data": config.data, "degradation": config.degradation,
-                                  "iterations": config.iterations, "arch": config.arch,
-                                  "init": config.init or None, "step": saved["step"],
-                                  "total_steps": saved["total_steps"],
-                                  "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
-        model_file.export_model(final, model_path, config.arch, provenance)
-    if distributed:
+        steps = trainee.step - first_step
+        print(f"trained {steps} steps in {seconds:.1f} s: {steps / max(seconds, 1e-9):.3f} steps/s",
+              flush=True)
+        log.close()
+        offsets.remove()
+        if config.export:
+            export_model_file(config, out_dir, trainee.best_psnr)
+    if processes.distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return model_path
+    return out_dir / "model.pt" if config.export else None

@@ -47,14 +47,10 @@ class DCNv2Pack(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
-        # Mean |offset| of the last training step, for the trainer's stability check.
-        self.offset_magnitude = None
 
     def forward(self, x, feat):
         offset_y, offset_x, mask = torch.chunk(self.conv_offset(feat), 3, dim=1)
         offset = torch.cat((offset_y, offset_x), dim=1)
-        if self.training:
-            self.offset_magnitude = offset.detach().abs().mean()
         return modulated_deform_conv2d(x, offset, torch.sigmoid(mask), self.weight, self.bias,
                                        padding=self.padding,
                                        deformable_groups=self.deformable_groups)
