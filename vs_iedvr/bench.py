@@ -1,8 +1,10 @@
 """vs-iedvr bench: the plugin's speed through a real VapourSynth graph, next to the plain PyTorch
 way (a Python per-frame callback, as the pure-Python VapourSynth wrappers do it), on the same
-frames and model file, in one run.
+frames and model file, in one run; with `--peer vs-mlrt-ov`, also next to vs-mlrt's OpenVINO
+backend (core.ov.Model) running the same weights exported to ONNX.
 
     vs-iedvr bench [--size 320x180] [--frames 6] [--device auto|cpu|cuda:N] [--fp16] [--model M]
+                   [--peer vs-mlrt-ov]
 
 Each pipeline runs in a fresh process, so that its peak memory is its own. Per pipeline: the
 median time per output frame over `--frames` frames requested in order (after one warm-up frame),
@@ -10,6 +12,11 @@ the FLOPs it executes per output frame (the plugin computes each input frame's f
 the callback recomputes them in all 2N+1 windows), the rate that makes, and the fraction of this
 machine's measured peak in the same precision (the best of a matrix multiply and a wide
 convolution).
+
+vs-mlrt runs as its users get the most from it on a CPU: one VapourSynth thread
+(core.num_threads = 1: OpenVINO spreads each inference over every core itself) and OpenVINO's
+default precision for this CPU (bfloat16 where the CPU has AVX512-BF16 or AMX, whatever --fp16
+says), fed by vs_iedvr.mlrt's five shifted clips; like the callback, it computes whole windows.
 """
 
 import argparse
@@ -27,10 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import model_file, network
+from . import model_file, network, onnx_export, precision
 
 PIPELINES = {"plugin": "core.iedvr.Upscale (C++, cached features)",
-             "python": "Python callback (std.ModifyFrame + torch)"}
+             "python": "Python callback (std.ModifyFrame + torch)",
+             "vs-mlrt-ov": "vs-mlrt core.ov.Model (ONNX, OpenVINO)"}
+# Other VapourSynth plugins that `--peer` runs beside ours.
+PEERS = ("vs-mlrt-ov",)
 
 
 def source_clip(width: int, height: int, length: int):
@@ -102,6 +112,11 @@ def run_pipeline(args) -> dict:
         device_index = (device.index or 0) if device.type == "cuda" else -1
         out = vs.core.iedvr.Upscale(clip, model=args.model, device_index=device_index,
                                     fp16=int(args.fp16))
+    elif args.pipeline == "vs-mlrt-ov":
+        from . import mlrt
+
+        vs.core.num_threads = 1
+        out = mlrt.upscale(clip, args.model, backend="ov")
     else:
         out = python_pipeline(clip, args.model, device, args.fp16)
     out.get_frame(0)  # warm-up: loading, first allocations, the first window's features
@@ -180,6 +195,16 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def openvino_precision() -> str:
+    """The precision OpenVINO picks by default on this CPU, as its Python package reports it (the
+    same library as vs-mlrt's, possibly another release); "OpenVINO's default" without it."""
+    try:
+        import openvino
+    except ImportError:
+        return "OpenVINO's default"
+    return openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
 def default_model() -> Path | None:
     path = Path(__file__).parent / "models" / "default.pt"
     return path if path.exists() else None
@@ -188,7 +213,7 @@ def default_model() -> Path | None:
 def bench(args) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
-    fp16 = args.fp16 if args.fp16 is not None else device.type == "cuda"
+    fp16 = args.fp16 if args.fp16 is not None else precision.default_fp16(device)
     width, height = args.size
     with tempfile.TemporaryDirectory() as folder:
         model = args.model or default_model()
@@ -196,6 +221,17 @@ def bench(args) -> int:
             model = Path(folder) / "iedvr-m.pt"
             model_file.export_model(network.build("iedvr-m"), model, "iedvr-m")
         metadata = model_file.read_metadata(model)
+        pipelines = list(args.pipelines) + [peer for peer in args.peer if peer not in args.pipelines]
+        paths = {name: str(model) for name in pipelines}
+        if "vs-mlrt-ov" in pipelines:
+            if device.type != "cpu":
+                print("vs-iedvr bench: vs-mlrt-ov runs on the CPU; compare it with --device cpu",
+                      file=sys.stderr)
+                return 2
+            paths["vs-mlrt-ov"] = str(Path(folder) / "model-openvino.onnx")
+            net, source = model_file.network_from_model_file(model)
+            onnx_export.export_onnx(net, paths["vs-mlrt-ov"], "openvino",
+                                    source["architecture"], weights=source["weights"])
         whole, cached = flops_per_output_frame(str(model), width, height, device)
         dtype = sixteen_bit(device) if fp16 else torch.float32
         peak = compute_peak(device, dtype)
@@ -210,10 +246,13 @@ def bench(args) -> int:
               f"{cached / 1e9:.1f} G with each frame's features computed once")
         print(f"measured peak ({str(dtype)[6:]}, best of matrix multiply and 3x3 convolution): "
               f"{peak / 1e9:.1f} GFLOP/s")
+        if "vs-mlrt-ov" in pipelines:
+            print(f"vs-mlrt-ov: the same weights as ONNX, 1 VapourSynth thread, precision "
+                  f"{openvino_precision()} (the peak and its fraction are for {str(dtype)[6:]})")
         print(f"{'pipeline':44s} {'s/frame':>8s} {'frames/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak memory':>12s}")
         results = {}
-        for name in args.pipelines:
-            command = [sys.executable, "-m", "vs_iedvr.bench", "--child", name, "--model", str(model),
+        for name in pipelines:
+            command = [sys.executable, "-m", "vs_iedvr.bench", "--child", name, "--model", paths[name],
                        "--width", str(width), "--height", str(height), "--frames", str(args.frames),
                        "--device", str(device)] + (["--fp16"] if fp16 else [])
             child = subprocess.run(command, capture_output=True, text=True)
@@ -221,15 +260,16 @@ def bench(args) -> int:
                 print(f"{name}: failed\n{child.stderr[-2000:]}", file=sys.stderr)
                 return 1
             result = results[name] = json.loads(child.stdout.strip().splitlines()[-1])
-            flops = cached if name == "plugin" else whole
+            flops = cached if name == "plugin" else whole  # the others compute whole windows
             rate = flops / result["median_s"]
             memory = result.get("peak_cuda_bytes", result["peak_rss_bytes"])
             print(f"{PIPELINES[name]:44s} {result['median_s']:8.2f} {1 / result['median_s']:9.3f} "
                   f"{rate / 1e9:8.1f} {rate / peak:8.0%} {memory / 2**30:8.2f} GiB"
                   + (" (CUDA)" if "peak_cuda_bytes" in result else " (RSS)"))
-        if len(results) == 2:
-            ratio = results["python"]["median_s"] / results["plugin"]["median_s"]
-            print(f"plugin / Python callback: {ratio:.2f}x the frames per second")
+        for name, label in (("python", "Python callback"), ("vs-mlrt-ov", "vs-mlrt-ov")):
+            if "plugin" in results and name in results:
+                ratio = results[name]["median_s"] / results["plugin"]["median_s"]
+                print(f"plugin / {label}: {ratio:.2f}x the frames per second")
     return 0
 
 
@@ -240,10 +280,13 @@ def add_arguments(parser: argparse.ArgumentParser, parse_size) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:N")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
                         help="16-bit inference: float16 on CUDA, bfloat16 on the CPU "
-                        "(default: on CUDA only)")
+                        "(default: the plugin's, on CUDA and CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--model", help="model file (default: the installed default model, else "
                         "an untrained iedvr-m, which has the same cost)")
     parser.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES), default=["plugin", "python"])
+    parser.add_argument("--peer", nargs="+", choices=PEERS, default=[],
+                        help="also time another plugin on the same frames and weights: vs-mlrt-ov "
+                        "(vs-mlrt's OpenVINO backend, pip install vapoursynth-mlrt-ov onnx)")
 
 
 def child_main() -> int:
