@@ -261,8 +261,7 @@ torch::Tensor ramp(int64_t length, int64_t fade_in, int64_t fade_out) {
   return weight;
 }
 
-// A window's per-frame features: computed now, or taken from the cache when `tile` says where in
-// the frame they are from.
+// The network's per-frame half on one frame (or tile) [3, h, w]: what the cache keeps.
 using Features = FeatureCache::Features;
 Features frame_features(IedvrEngine* engine, const torch::Tensor& frame) {
   Features features;
