@@ -30,7 +30,7 @@ def _error(message: str) -> vs.Error:
 
 def fold(i: int, first: int, last: int, border: str) -> int:
     """Index `i` folded into [first, last] by reflection about the ends (or clamped to them): the
-    plugin's rule (csrc/plugin/vs_filter.cpp), periodic for windows wider than the range."""
+    plugin's rule (csrc/vsfilter/vs_filter.cpp), periodic for windows wider than the range."""
     if first == last:
         return first
     if border == "replicate":
