@@ -20,7 +20,7 @@ from test_plugin import clip_of, planes, smooth_frames
 
 core = vs.core
 # Memory a frame takes that the plan does not measure (oneDNN's compiled kernels, the worker
-# threads' buffers): measured on the build machine at about ... MiB.
+# threads' buffers): an allowance, not a measurement.
 UNPLANNED_MIB = 250
 # Address space a 320x240 frame of the small network may still take: less than a whole window
 # needs, more than tiles of half its size.

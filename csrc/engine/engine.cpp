@@ -558,9 +558,7 @@ extern "C" int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int
     const size_t full_cache = engine->split ? engine->cache->capacity() : 0;
     const size_t window = engine->split ? engine->info.num_frames : 0;
     memory_plan::Plan chosen;
-    const double pixels = static_cast<double>(width) * height;
-    const double whole = streams * (costs.fixed + costs.per_pixel * pixels) +
-                         (full_cache * costs.cache_per_pixel + costs.frame_per_pixel) * pixels;
+    const double whole = memory_plan::whole_frame_bytes(width, height, streams, full_cache, costs);
     if (!memory_plan::choose(width, height, streams, full_cache, window, costs, budget, chosen)) {
       std::ostringstream message;
       message.precision(3);

@@ -67,6 +67,14 @@ inline void shape_tiles(int64_t width, int64_t height, double pixels, Plan& plan
   plan.overlap_y = plan.tile_height < height ? default_overlap(plan.tile_height) : 0;
 }
 
+// What whole frames take with `cache` frames' features kept.
+inline double whole_frame_bytes(int64_t width, int64_t height, int streams, size_t cache,
+                                const Costs& costs) {
+  const double pixels = static_cast<double>(width) * height;
+  return streams * (costs.fixed + costs.per_pixel * pixels) +
+         (cache * costs.cache_per_pixel + costs.frame_per_pixel) * pixels;
+}
+
 // The smallest tile side worth keeping the cache for, and the smallest tile at all.
 constexpr int64_t kMinCachedTile = 128, kMinTile = 16;
 
@@ -80,8 +88,7 @@ inline bool choose(int64_t width, int64_t height, int streams, size_t full_cache
   const std::vector<size_t> caches = full_cache > window ? std::vector<size_t>{full_cache, window}
                                                          : std::vector<size_t>{full_cache};
   for (const size_t cache : caches) {
-    const double bytes = streams * (costs.fixed + costs.per_pixel * pixels) +
-                         cache * costs.cache_per_pixel * pixels + costs.frame_per_pixel * pixels;
+    const double bytes = whole_frame_bytes(width, height, streams, cache, costs);
     if (bytes <= budget) {
       plan = Plan{0, 0, 0, 0, cache, bytes};
       return true;
