@@ -114,6 +114,39 @@ def test_portable_cpu_loops_match_reference(case, monkeypatch):
     assert_matches_reference(case, torch.float64, "cpu", rtol=1e-9, atol=1e-9)
 
 
+def channels_last_slice(t):
+    """t's values in the first channels of a wider channels-last tensor, as the network's offsets
+    and mask are (chunks of the offset convolution's output): channel stride 1, pixel stride
+    wider than the channel count."""
+    wider = torch.cat([t, torch.full_like(t[:, :3], float("nan"))], dim=1)
+    return wider.contiguous(memory_format=torch.channels_last)[:, : t.shape[1]]
+
+
+LAYOUTS = {
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "channels_last_slice": channels_last_slice,
+    # Pixels not at one stride (a column slice): the kernel makes such a tensor contiguous.
+    "column_slice": lambda t: F.pad(t, (0, 2), value=float("nan"))[..., : t.shape[-1]],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in (
+    "groups2_dg8", "stride2_odd", "batch3_rect_kernel", "several_chunks")], ids=lambda c: c.name)
+def test_any_layout_matches_reference(case, layout):
+    input, offset, mask, weight, bias = case.tensors()
+    laid_out = [LAYOUTS[layout](t) for t in (input, offset, mask)]
+    assert not laid_out[1].is_contiguous()
+    out = op(*laid_out, weight, bias, *case.conv_args())
+    expected = modulated_deform_conv2d_reference(input, offset, mask, weight, bias,
+                                                 *case.conv_args())
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    # The output takes the input's memory format, as conv2d's does (and the fake kernel says).
+    conv_output = F.conv2d(laid_out[0], weight, None, case.stride, case.padding, case.dilation,
+                           case.groups)
+    assert out.stride() == conv_output.stride()
+
+
 def test_zero_offset_unit_mask_equals_conv2d():
     case = Case("conv", in_channels=16, out_channels=8, groups=2, deformable_groups=4,
                 stride=(2, 1), dilation=(1, 2), padding=(1, 2), height=15, width=12)
@@ -165,11 +198,15 @@ def test_gradcheck_float64():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck(bias):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(bias, layout):
+    # opcheck also compares the fake kernel's output strides with the real one's.
     case = Case("opcheck", in_channels=4, out_channels=4, height=6, width=5, deformable_groups=2,
                 bias=bias)
-    tensors = [t.requires_grad_(True) if t is not None else None
-               for t in case.tensors(dtype=torch.float32)]
+    tensors = list(case.tensors(dtype=torch.float32))
+    if layout == "channels_last":
+        tensors[:3] = [LAYOUTS["channels_last"](t) for t in tensors[:3]]
+    tensors = [t.requires_grad_(True) if t is not None else None for t in tensors]
     torch.library.opcheck(op.default, (*tensors, *case.conv_args()))
 
 

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vs_iedvr import model_file
 from vs_iedvr.edvr_blocks import DCNv2Pack
 from vs_iedvr.loss import charbonnier_loss
-from vs_iedvr.network import build
+from vs_iedvr.network import build, channels_last_format
 
 from .data import WindowDataset, find_sources, split_validation
 from .metrics import psnr, ssim
@@ -91,8 +91,8 @@ class TrainConfig:
     grad_clip: float = option(0.0, "Largest gradient norm, clipped beyond; 0 turns clipping off.")
     amp: bool = option(True, "Mixed precision: float16 with loss scaling on CUDA, bfloat16 on "
                              "CPUs that compute it natively, float32 elsewhere.")
-    channels_last: bool = option(True, "Keep the 2-D convolutions' weights channels-last, the "
-                                       "faster layout for their kernels.")
+    channels_last: bool = option(True, "Keep the convolutions' weights channels-last (3D ones "
+                                       "channels-last 3D), the faster layout for their kernels.")
     validation_fraction: float = option(0.1, "Share of the sources held out for validation; 0 "
                                              "validates nothing.")
     validation_samples: int = option(16, "Fixed held-out samples scored at each validation.")
@@ -228,10 +228,9 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         if processes.master:
             print(describe(report, config.init), flush=True)
     network = network.to(processes.device)
-    if config.channels_last:  # 2D convolutions only; Module.to() refuses the 3D ones' 5D weights
+    if config.channels_last:  # by hand: Module.to() refuses the 3D convolutions' 5D weights
         for parameter in network.parameters():
-            if parameter.dim() == 4:
-                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+            parameter.data = parameter.data.contiguous(memory_format=channels_last_format(parameter))
     optimizer = torch.optim.Adam(parameter_groups(network, config), lr=config.learning_rate,
                                  betas=(0.9, 0.99), weight_decay=config.weight_decay)
     amp_dtype = low_precision_dtype(processes.device) if config.amp else None

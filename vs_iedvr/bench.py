@@ -4,14 +4,15 @@ frames and model file, in one run; with `--peer vs-mlrt-ov`, also next to vs-mlr
 backend (core.ov.Model) running the same weights exported to ONNX.
 
     vs-iedvr bench [--size 320x180] [--frames 6] [--device auto|cpu|cuda:N] [--fp16] [--model M]
-                   [--peer vs-mlrt-ov]
+                   [--peer vs-mlrt-ov] [--no-reuse]
 
 Each pipeline runs in a fresh process, so that its peak memory is its own. Per pipeline: the
 median time per output frame over `--frames` frames requested in order (after one warm-up frame),
 the FLOPs it executes per output frame (the plugin computes each input frame's features once,
 the callback recomputes them in all 2N+1 windows), the rate that makes, and the fraction of this
 machine's measured peak in the same precision (the best of a matrix multiply and a wide
-convolution).
+convolution). `--no-reuse` requests frames that share no window (every 2N+1-th), so that the
+plugin, too, computes every window whole: its speed without the feature cache.
 
 vs-mlrt runs as its users get the most from it on a CPU: one VapourSynth thread
 (core.num_threads = 1: OpenVINO spreads each inference over every core itself) and OpenVINO's
@@ -107,7 +108,7 @@ def run_pipeline(args) -> dict:
 
     device = torch.device(args.device)
     # Longer than the timed frames: the callback's shifted clips need more frames than a window.
-    clip = source_clip(args.width, args.height, args.frames + 8)
+    clip = source_clip(args.width, args.height, (args.frames + 1) * args.stride + 8)
     if args.pipeline == "plugin":
         device_index = (device.index or 0) if device.type == "cuda" else -1
         out = vs.core.iedvr.Upscale(clip, model=args.model, device_index=device_index,
@@ -121,7 +122,7 @@ def run_pipeline(args) -> dict:
         out = python_pipeline(clip, args.model, device, args.fp16)
     out.get_frame(0)  # warm-up: loading, first allocations, the first window's features
     times = []
-    for n in range(1, args.frames + 1):
+    for n in range(args.stride, (args.frames + 1) * args.stride, args.stride):
         start = time.perf_counter()
         out.get_frame(n)
         times.append(time.perf_counter() - start)
@@ -236,9 +237,12 @@ def bench(args) -> int:
         dtype = sixteen_bit(device) if fp16 else torch.float32
         peak = compute_peak(device, dtype)
 
+        # With --no-reuse, frames one window apart: no two windows share a frame.
+        stride = metadata["num_frames"] if args.no_reuse else 1
         print(f"vs-iedvr bench: {metadata['architecture']} x{metadata['scale']} ({model}), "
               f"{width}x{height} -> {width * metadata['scale']}x{height * metadata['scale']}, "
-              f"{args.frames} frames after 1 warm-up, {device} {str(dtype)[6:]}")
+              f"{args.frames} frames after 1 warm-up, {device} {str(dtype)[6:]}"
+              + (f", every {stride}th frame (windows share no frame)" if args.no_reuse else ""))
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"torch {torch.__version__} with {torch.get_num_threads()} threads"
               + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
@@ -254,13 +258,14 @@ def bench(args) -> int:
         for name in pipelines:
             command = [sys.executable, "-m", "vs_iedvr.bench", "--child", name, "--model", paths[name],
                        "--width", str(width), "--height", str(height), "--frames", str(args.frames),
-                       "--device", str(device)] + (["--fp16"] if fp16 else [])
+                       "--device", str(device), "--stride", str(stride)] + (["--fp16"] if fp16 else [])
             child = subprocess.run(command, capture_output=True, text=True)
             if child.returncode != 0:
                 print(f"{name}: failed\n{child.stderr[-2000:]}", file=sys.stderr)
                 return 1
             result = results[name] = json.loads(child.stdout.strip().splitlines()[-1])
-            flops = cached if name == "plugin" else whole  # the others compute whole windows
+            # The others compute whole windows, and so does the plugin when no window shares a frame.
+            flops = cached if name == "plugin" and not args.no_reuse else whole
             rate = flops / result["median_s"]
             memory = result.get("peak_cuda_bytes", result["peak_rss_bytes"])
             print(f"{PIPELINES[name]:44s} {result['median_s']:8.2f} {1 / result['median_s']:9.3f} "
@@ -287,6 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser, parse_size) -> None:
     parser.add_argument("--peer", nargs="+", choices=PEERS, default=[],
                         help="also time another plugin on the same frames and weights: vs-mlrt-ov "
                         "(vs-mlrt's OpenVINO backend, pip install vapoursynth-mlrt-ov onnx)")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="request frames that share no window, so that the plugin's feature "
+                        "cache cannot help (its speed per window)")
 
 
 def child_main() -> int:
@@ -296,6 +304,7 @@ def child_main() -> int:
     parser.add_argument("--width", type=int, required=True)
     parser.add_argument("--height", type=int, required=True)
     parser.add_argument("--frames", type=int, required=True)
+    parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--device", required=True)
     parser.add_argument("--fp16", action="store_true")
     print(json.dumps(run_pipeline(parser.parse_args())))

@@ -49,8 +49,11 @@ class DCNv2Pack(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x, feat):
-        offset_y, offset_x, mask = torch.chunk(self.conv_offset(feat), 3, dim=1)
-        offset = torch.cat((offset_y, offset_x), dim=1)
+        # BasicSR splits the prediction in thirds (dy, dx, mask) and concatenates the first two
+        # again: the same channels in the same order as this slice, without the copy.
+        out = self.conv_offset(feat)
+        offset_channels = 2 * out.size(1) // 3
+        offset, mask = out[:, :offset_channels], out[:, offset_channels:]
         return modulated_deform_conv2d(x, offset, torch.sigmoid(mask), self.weight, self.bias,
                                        padding=self.padding,
                                        deformable_groups=self.deformable_groups)

@@ -8,6 +8,7 @@ adds what only Python needs, as pytorch/extension-cpp does.
 from pathlib import Path
 
 import torch
+import torch._prims_common
 import torch.utils.flop_counter
 from torch import Tensor
 
@@ -150,7 +151,9 @@ def _check_args(input, offset, mask, weight, bias, stride, padding, dilation, gr
 def _forward_fake(input, offset, mask, weight, bias, stride, padding, dilation, groups, deformable_groups):
     out_h, out_w = _check_args(input, offset, mask, weight, bias, stride, padding, dilation, groups,
                                deformable_groups)
-    return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
+    # The kernels return the input's memory format, as at::conv2d does.
+    output = input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
+    return output.contiguous(memory_format=torch._prims_common.suggest_memory_format(input))
 
 
 @torch.library.register_fake("iedvr::modulated_deform_conv2d_backward")

@@ -5,7 +5,9 @@
 // and multiply-adds, and the bilinear weights are computed once per (group, tap, pixel).
 // Samples go into a cache-sized column buffer laid out [pixel, group, tap, channel], which one
 // GEMM per convolution group turns into output, so no image-sized im2col buffer ever exists.
-// Sampling accumulates in float (double for float64 inputs).
+// Sampling accumulates in float (double for float64 inputs). Offsets and mask are read in any
+// layout, and the output takes the input's memory format, as at::conv2d's does: in the network
+// everything is channels-last, and transposing image-sized tensors cost as much as the sampling.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -90,6 +92,31 @@ at::Tensor weight_tap_major(const at::Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), -1});
 }
 
+// Offsets or mask with their pixels at one stride (planar and channels-last tensors are; other
+// layouts are made contiguous), in the sampling type.
+at::Tensor with_strided_pixels(const at::Tensor& t, at::ScalarType type) {
+  const bool strided_pixels = t.size(2) == 1 || t.stride(2) == t.size(3) * t.stride(3);
+  return (strided_pixels ? t : t.contiguous()).to(type);
+}
+
+// Channels [0, C) of output pixels [p_begin, p_begin + n) of one image (t as with_strided_pixels
+// returns it, b its batch index) as planar rows of n: dst[c * n + i], the layout plan_samples
+// reads. Only a chunk at a time, so that a transposition from channels-last stays in cache.
+template <typename scalar_t>
+void gather_planar(const at::Tensor& t, int64_t b, int64_t p_begin, int64_t n, scalar_t* dst) {
+  const int64_t channels = t.size(1), channel_stride = t.stride(1), pixel_stride = t.stride(3);
+  const scalar_t* src = t.const_data_ptr<scalar_t>() + b * t.stride(0) + p_begin * pixel_stride;
+  if (channel_stride < pixel_stride) {  // channels-last: each pixel's channels are one run
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = 0; c < channels; ++c) dst[c * n + i] = src[i * pixel_stride + c * channel_stride];
+    }
+  } else {
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t i = 0; i < n; ++i) dst[c * n + i] = src[c * channel_stride + i * pixel_stride];
+    }
+  }
+}
+
 at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_,
                        const at::Tensor& weight_, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -108,16 +135,22 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
   // from vectorising) and multiplied in their own type (the fast GEMM on CPUs that have one).
   const at::ScalarType dtype = input_.scalar_type(), sampling_type = at::toOpMathType(dtype);
   const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous().to(sampling_type);
-  const at::Tensor offset = offset_.to(sampling_type).contiguous();
-  const at::Tensor mask = mask_.to(sampling_type).contiguous();
+  const at::Tensor offset = with_strided_pixels(offset_, sampling_type);
+  const at::Tensor mask = with_strided_pixels(mask_, sampling_type);
   const at::Tensor weight = weight_tap_major(weight_);
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
   const bool has_bias = bias.has_value() && bias->defined();
 
+  const bool channels_last = input_.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_height, g.out_width},
-                                input_.options());
+                                input_.options().memory_format(
+                                    channels_last ? at::MemoryFormat::ChannelsLast
+                                                  : at::MemoryFormat::Contiguous));
   if (output.numel() == 0) return output;
-  const at::Tensor output_flat = output.view({g.batch, g.out_channels, g.out_pixels()});
+  // Channels-last output is [pixel, channel] per image: a chunk's GEMM writes rows of it.
+  const at::Tensor output_flat =
+      channels_last ? output.permute({0, 2, 3, 1}).view({g.batch, g.out_pixels(), g.out_channels})
+                    : output.view({g.batch, g.out_channels, g.out_pixels()});
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
   const int64_t chunks_per_image = (g.out_pixels() + chunk - 1) / chunk;
   const int64_t row = g.in_channels * g.taps();
@@ -131,30 +164,40 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
       const at::ThreadLocalStateGuard same_state(caller_state);
       at::Tensor samples = at::empty({chunk * row}, input.options());
       at::Tensor columns = dtype == sampling_type ? samples : at::empty({chunk * row}, output.options());
+      std::vector<scalar_t> chunk_offset(offset.size(1) * chunk), chunk_mask(mask.size(1) * chunk);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / chunks_per_image;
         const int64_t p_begin = (task % chunks_per_image) * chunk;
         const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
+        gather_planar<scalar_t>(offset, b, p_begin, n, chunk_offset.data());
+        gather_planar<scalar_t>(mask, b, p_begin, n, chunk_mask.data());
         const at::Tensor sampled = samples.narrow(0, 0, n * row).view({n, row});
-        sample_columns<scalar_t>(g, input[b].const_data_ptr<scalar_t>(),
-                                 offset[b].const_data_ptr<scalar_t>(),
-                                 mask[b].const_data_ptr<scalar_t>(), p_begin, n,
-                                 sampled.data_ptr<scalar_t>());
+        sample_columns<scalar_t>(g, input[b].const_data_ptr<scalar_t>(), chunk_offset.data(),
+                                 chunk_mask.data(), p_begin, n, sampled.data_ptr<scalar_t>());
         at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
         if (dtype != sampling_type) cols.copy_(sampled);
-        const at::Tensor out = output_flat[b].narrow(1, p_begin, n);
-        for (int64_t grp = 0; grp < groups; ++grp) {
-          at::Tensor out_g = out.narrow(0, grp * cout_g, cout_g);
-          at::mm_out(out_g, weight.narrow(0, grp * cout_g, cout_g),
-                     cols.narrow(1, grp * rows_g, rows_g).t());
+        if (channels_last) {
+          const at::Tensor out = output_flat[b].narrow(0, p_begin, n);  // [n, C_out]
+          for (int64_t grp = 0; grp < groups; ++grp) {
+            at::Tensor out_g = out.narrow(1, grp * cout_g, cout_g);
+            at::mm_out(out_g, cols.narrow(1, grp * rows_g, rows_g),
+                       weight.narrow(0, grp * cout_g, cout_g).t());
+          }
+          if (has_bias) out.add_(*bias);
+        } else {
+          const at::Tensor out = output_flat[b].narrow(1, p_begin, n);  // [C_out, n]
+          for (int64_t grp = 0; grp < groups; ++grp) {
+            at::Tensor out_g = out.narrow(0, grp * cout_g, cout_g);
+            at::mm_out(out_g, weight.narrow(0, grp * cout_g, cout_g),
+                       cols.narrow(1, grp * rows_g, rows_g).t());
+          }
+          if (has_bias) out.add_(bias->view({-1, 1}));
         }
-        if (has_bias) out.add_(bias->view({-1, 1}));
       }
     });
   });
   return output;
 }
-
 
 Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
                        const at::Tensor& offset_, const at::Tensor& mask_,

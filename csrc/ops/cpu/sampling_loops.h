@@ -93,15 +93,16 @@ void plan_row(int32_t count, acc_t y_base, acc_t x_base, acc_t x_step, int32_t h
 }
 
 // Where tap k of deformable group dg samples for output pixels [p_begin, p_begin + n): corner
-// offsets and weights stored corner by corner (index[j * n + i]).
+// offsets and weights stored corner by corner (index[j * n + i]). `offset` and `mask` hold those
+// pixels' values as planar rows of n (see gather_planar in dcn_cpu.cpp): channel c of pixel
+// p_begin + i at [c * n + i].
 template <typename scalar_t, typename acc_t>
 void plan_samples(const ConvGeometry& g, const scalar_t* offset, const scalar_t* mask, int64_t dg,
                   int64_t k, int64_t p_begin, int64_t n, int32_t* index, acc_t* weight) {
-  const int64_t out_pixels = g.out_pixels();
   const int64_t ki = k / g.kernel_w, kj = k % g.kernel_w;
-  const scalar_t* offset_y = offset + offset_y_channel(g, dg, k) * out_pixels;
-  const scalar_t* offset_x = offset_y + out_pixels;
-  const scalar_t* mask_k = mask + mask_channel(g, dg, k) * out_pixels;
+  const scalar_t* offset_y = offset + offset_y_channel(g, dg, k) * n;
+  const scalar_t* offset_x = offset_y + n;
+  const scalar_t* mask_k = mask + mask_channel(g, dg, k) * n;
   // One output row segment at a time, so that the pixel loop has no division.
   for (int64_t i = 0; i < n;) {
     const int64_t p = p_begin + i;
@@ -111,7 +112,7 @@ void plan_samples(const ConvGeometry& g, const scalar_t* offset, const scalar_t*
         static_cast<int32_t>(count), static_cast<acc_t>(base_y(g, oy, ki)),
         static_cast<acc_t>(base_x(g, ox, kj)), static_cast<acc_t>(g.stride_w),
         static_cast<int32_t>(g.height), static_cast<int32_t>(g.width),
-        static_cast<int32_t>(g.in_channels), offset_y + p, offset_x + p, mask_k + p, index + i,
+        static_cast<int32_t>(g.in_channels), offset_y + i, offset_x + i, mask_k + i, index + i,
         index + n + i, index + 2 * n + i, index + 3 * n + i, weight + i, weight + n + i,
         weight + 2 * n + i, weight + 3 * n + i);
     i += count;
@@ -134,7 +135,7 @@ inline void blend_corners(int64_t length, const scalar_t* __restrict__ x0,
 }
 
 // columns[i][group][k][c] = mask * bilinear sample of channel c, tap k, pixel p_begin + i, for all
-// channels of one channels-last image.
+// channels of one channels-last image; offset and mask as plan_samples() takes them.
 template <typename scalar_t>
 void sample_columns(const ConvGeometry& g, const scalar_t* input, const scalar_t* offset,
                     const scalar_t* mask, int64_t p_begin, int64_t n, scalar_t* columns) {

@@ -185,7 +185,8 @@ at::Tensor forward_cuda(const at::Tensor& input_, const at::Tensor& offset_,
         }
       });
   if (bias.has_value() && bias->defined()) output.add_(bias->view({1, -1, 1, 1}));
-  return output;
+  // The input's memory format, as at::conv2d's output and the CPU kernel's.
+  return output.contiguous(input_.suggest_memory_format());
 }
 
 Gradients backward_cuda(const at::Tensor& grad_output_, const at::Tensor& input_,
