@@ -21,23 +21,12 @@ from setuptools import Extension, setup
 from setuptools.command.bdist_wheel import bdist_wheel
 
 
-def find_cuda_home() -> str | None:
-    """The CUDA toolkit root. torch guesses it from `which nvcc`, which is wrong when nvcc on PATH
-    is a wrapper script (as /usr/local/bin/nvcc is on some machines): prefer a root that has the
-    runtime library to link against."""
-    nvcc = shutil.which("nvcc")
-    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
-    candidates += sorted(Path("/usr/local").glob("cuda*"), reverse=True)
-    for root in candidates:
-        if (root / "bin" / "nvcc").exists() and list(root.glob("lib*/libcudart.so")):
-            return str(root)
-    return None
-
-
-if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
-    cuda_home = find_cuda_home()
-    if cuda_home:
-        os.environ["CUDA_HOME"] = cuda_home
+# The toolkit lookup shared with benchmarks/build_ops.py (csrc/ is not a package: by file path).
+_toolkit_spec = importlib.util.spec_from_file_location(
+    "cuda_toolkit", Path(__file__).resolve().parent / "csrc" / "cuda_toolkit.py")
+cuda_toolkit = importlib.util.module_from_spec(_toolkit_spec)
+_toolkit_spec.loader.exec_module(cuda_toolkit)
+cuda_toolkit.set_cuda_home()
 
 from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME on import)
 
@@ -58,13 +47,6 @@ def build_cuda() -> bool:
     if choice == "1" and not nvcc_found:
         raise SystemExit("IEDVR_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME or put nvcc on PATH)")
     return choice != "0" and nvcc_found
-
-
-def nvidia_wheel_dirs() -> list[Path]:
-    """site-packages/nvidia/cu13 (or cu12): headers and libraries of torch's CUDA wheels."""
-    spec = importlib.util.find_spec("nvidia")
-    roots = [Path(p) for p in spec.submodule_search_locations] if spec else []
-    return sorted(d for root in roots for d in root.glob("cu[0-9]*") if (d / "include").is_dir())
 
 
 def ops_extension():
@@ -91,8 +73,8 @@ def ops_extension():
         compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
         # A bare CUDA toolkit may lack the library headers that torch's CUDA headers include
         # (cusparse.h, cublas_v2.h); the nvidia-* wheels that torch depends on carry them.
-        kwargs["include_dirs"] = [str(d / "include") for d in nvidia_wheel_dirs()]
-        link_args += [f"-Wl,-rpath,$ORIGIN/../nvidia/{d.name}/lib" for d in nvidia_wheel_dirs()]
+        kwargs["include_dirs"] = [str(d / "include") for d in cuda_toolkit.nvidia_wheel_dirs()]
+        link_args += [f"-Wl,-rpath,$ORIGIN/../nvidia/{d.name}/lib" for d in cuda_toolkit.nvidia_wheel_dirs()]
         return cpp_extension.CUDAExtension(
             sources=sources + ["csrc/ops/cuda/dcn_cuda.cu"], **kwargs
         )
@@ -115,9 +97,9 @@ def engine_extension():
     )
     if build_cuda():
         kwargs["define_macros"] = [("IEDVR_WITH_CUDA", None)]
-        kwargs["include_dirs"] = [str(d / "include") for d in nvidia_wheel_dirs()]
+        kwargs["include_dirs"] = [str(d / "include") for d in cuda_toolkit.nvidia_wheel_dirs()]
         kwargs["extra_link_args"] += [f"-Wl,-rpath,$ORIGIN/../nvidia/{d.name}/lib"
-                                      for d in nvidia_wheel_dirs()]
+                                      for d in cuda_toolkit.nvidia_wheel_dirs()]
         return cpp_extension.CUDAExtension(**kwargs)
     return cpp_extension.CppExtension(**kwargs)
 

@@ -23,23 +23,15 @@ SOURCES = ["csrc/ops/dcn_op.cpp", "csrc/ops/cpu/dcn_cpu.cpp", "csrc/ops/autocast
 CUDA_SOURCES = ["csrc/ops/cuda/dcn_cuda.cu"]
 
 
-def find_cuda_home() -> str | None:
-    """As setup.py: a toolkit root that has the runtime library (nvcc on PATH may be a wrapper
-    script elsewhere, from which torch would guess a wrong root)."""
-    nvcc = shutil.which("nvcc")
-    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
-    candidates += sorted(Path("/usr/local").glob("cuda*"), reverse=True)
-    for root in candidates:
-        if (root / "bin" / "nvcc").exists() and list(root.glob("lib*/libcudart.so")):
-            return str(root)
-    return None
+def load_cuda_toolkit():
+    """csrc/cuda_toolkit.py, setup.py's own toolkit lookup (csrc/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("cuda_toolkit", ROOT / "csrc" / "cuda_toolkit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def nvidia_wheel_dirs() -> list[Path]:
-    """site-packages/nvidia/cu13 (or cu12): the CUDA library headers a bare toolkit may lack."""
-    spec = importlib.util.find_spec("nvidia")
-    roots = [Path(p) for p in spec.submodule_search_locations] if spec else []
-    return sorted(d for root in roots for d in root.glob("cu[0-9]*") if (d / "include").is_dir())
+cuda_toolkit = load_cuda_toolkit()
 
 
 def main() -> int:
@@ -49,8 +41,7 @@ def main() -> int:
     parser.add_argument("--cuda", choices=("auto", "0", "1"), default="auto",
                         help="build the CUDA kernels: when a toolkit is found (auto), always, never")
     args = parser.parse_args()
-    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and find_cuda_home():
-        os.environ["CUDA_HOME"] = find_cuda_home()
+    cuda_toolkit.set_cuda_home()
     from torch.utils import cpp_extension  # reads CUDA_HOME on import
 
     with_cuda = args.cuda == "1" or (args.cuda == "auto" and cpp_extension.CUDA_HOME is not None)
@@ -65,7 +56,7 @@ def main() -> int:
         extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"],
         extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
         extra_ldflags=["-fopenmp"],
-        extra_include_paths=[str(d / "include") for d in nvidia_wheel_dirs()] if with_cuda else [],
+        extra_include_paths=[str(d / "include") for d in cuda_toolkit.nvidia_wheel_dirs()] if with_cuda else [],
         build_directory=str(build_dir),
         with_cuda=with_cuda,
         is_python_module=False,  # loads it with torch.ops.load_library: a check that it links

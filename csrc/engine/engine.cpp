@@ -196,7 +196,6 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
                                  "; download or export the model again");
       }
     }
-    engine->info.on_cuda = engine->device.is_cuda() ? 1 : 0;
     engine->module.eval();
     // 16-bit inference: float16 on CUDA; bfloat16 on the CPU, whose AVX512-BF16 and AMX units
     // run it (float16 would be emulated there). By default wherever the device computes it

@@ -12,7 +12,6 @@ typedef struct IedvrEngine IedvrEngine;
 typedef struct IedvrModelInfo {
   int scale;       // output size = input size * scale
   int num_frames;  // frames per window, centre frame in the middle
-  int on_cuda;     // 1 when the engine runs on a CUDA device
 } IedvrModelInfo;
 
 // device: -2 picks the first CUDA device if there is one, else the CPU; -1 the CPU; n >= 0 CUDA

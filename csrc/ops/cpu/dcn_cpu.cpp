@@ -92,29 +92,35 @@ at::Tensor weight_tap_major(const at::Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), -1});
 }
 
-// Offsets or mask with their pixels at one stride (planar and channels-last tensors are; other
-// layouts are made contiguous), in the sampling type.
-at::Tensor with_strided_pixels(const at::Tensor& t, at::ScalarType type) {
-  const bool strided_pixels = t.size(2) == 1 || t.stride(2) == t.size(3) * t.stride(3);
-  return (strided_pixels ? t : t.contiguous()).to(type);
+// Offsets or mask with their pixels at one stride: planar and channels-last tensors are; other
+// layouts are made contiguous.
+at::Tensor with_strided_pixels(const at::Tensor& t) {
+  return t.size(2) == 1 || t.stride(2) == t.size(3) * t.stride(3) ? t : t.contiguous();
 }
 
 // Channels [0, C) of output pixels [p_begin, p_begin + n) of one image (t as with_strided_pixels
-// returns it, b its batch index) as planar rows of n: dst[c * n + i], the layout plan_samples
-// reads. Only a chunk at a time, so that a transposition from channels-last stays in cache.
-template <typename scalar_t>
-void gather_planar(const at::Tensor& t, int64_t b, int64_t p_begin, int64_t n, scalar_t* dst) {
+// returns it, b its batch index) as planar rows of n in the sampling type: dst[c * n + i], the
+// layout plan_samples reads. A chunk at a time, so that a transposition from channels-last, and
+// the conversion from 16 bits, stay in cache.
+template <typename dst_t>
+void gather_planar(const at::Tensor& t, int64_t b, int64_t p_begin, int64_t n, dst_t* dst) {
   const int64_t channels = t.size(1), channel_stride = t.stride(1), pixel_stride = t.stride(3);
-  const scalar_t* src = t.const_data_ptr<scalar_t>() + b * t.stride(0) + p_begin * pixel_stride;
-  if (channel_stride < pixel_stride) {  // channels-last: each pixel's channels are one run
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t c = 0; c < channels; ++c) dst[c * n + i] = src[i * pixel_stride + c * channel_stride];
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "gather_planar", [&] {
+    const scalar_t* src = t.const_data_ptr<scalar_t>() + b * t.stride(0) + p_begin * pixel_stride;
+    if (channel_stride < pixel_stride) {  // channels-last: each pixel's channels are one run
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t c = 0; c < channels; ++c) {
+          dst[c * n + i] = static_cast<dst_t>(src[i * pixel_stride + c * channel_stride]);
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t i = 0; i < n; ++i) {
+          dst[c * n + i] = static_cast<dst_t>(src[c * channel_stride + i * pixel_stride]);
+        }
+      }
     }
-  } else {
-    for (int64_t c = 0; c < channels; ++c) {
-      for (int64_t i = 0; i < n; ++i) dst[c * n + i] = src[c * channel_stride + i * pixel_stride];
-    }
-  }
+  });
 }
 
 at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_,
@@ -135,8 +141,7 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
   // from vectorising) and multiplied in their own type (the fast GEMM on CPUs that have one).
   const at::ScalarType dtype = input_.scalar_type(), sampling_type = at::toOpMathType(dtype);
   const at::Tensor input = input_.permute({0, 2, 3, 1}).contiguous().to(sampling_type);
-  const at::Tensor offset = with_strided_pixels(offset_, sampling_type);
-  const at::Tensor mask = with_strided_pixels(mask_, sampling_type);
+  const at::Tensor offset = with_strided_pixels(offset_), mask = with_strided_pixels(mask_);
   const at::Tensor weight = weight_tap_major(weight_);
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
   const bool has_bias = bias.has_value() && bias->defined();
