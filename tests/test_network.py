@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vs_iedvr import edvr_blocks, iedvr_blocks, model_file
-from vs_iedvr.loss import charbonnier_loss
+from vs_iedvr.training.loss import charbonnier_loss
 from vs_iedvr.network import IEDVR, NetworkConfig, build, count_parameters
 
 PAPER_PARAMETERS = 3_468_295  # the improved EDVR, the paper's Table 3

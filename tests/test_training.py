@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from vs_iedvr import model_file
-from vs_iedvr.loss import charbonnier_loss
+from vs_iedvr.training.loss import charbonnier_loss
 from vs_iedvr.network import build
 from vs_iedvr.training import data
 from vs_iedvr.training.train import TrainConfig, learning_rate_at, train

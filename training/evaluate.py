@@ -12,6 +12,7 @@ import torch
 
 from vs_iedvr import model_file
 from vs_iedvr.precision import sixteen_bit
+from vs_iedvr.window import fold
 
 from .data import VIDEO_SUFFIXES, decode_video, degrade, frame_folders, read_image
 from .degradations import bicubic_upscale
@@ -21,14 +22,6 @@ from .metrics import average_per_clip, psnr, ssim
 def quantise(frames: torch.Tensor) -> torch.Tensor:
     """8-bit frames, as written to a video file (and as BasicSR scores them)."""
     return (frames.clamp(0, 1) * 255).round() / 255
-
-
-def reflect(index: int, length: int) -> int:
-    if index < 0:
-        return -index
-    if index >= length:
-        return 2 * (length - 1) - index
-    return index
 
 
 def load_clip(frames: tuple[Path, ...], scale: int, max_frames: int = 0) -> torch.Tensor:
@@ -45,7 +38,7 @@ def upscale_clip(model, low: torch.Tensor, num_frames: int,
     half = num_frames // 2
     outputs = []
     for n in range(low.shape[0]):
-        window = low[[reflect(n + d, low.shape[0]) for d in range(-half, half + 1)]]
+        window = low[[fold(n + d, 0, low.shape[0] - 1) for d in range(-half, half + 1)]]
         outputs.append(model(window[None].to(dtype))[0].float().clamp(0, 1))
     return torch.stack(outputs)
 

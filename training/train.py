@@ -36,10 +36,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vs_iedvr import model_file
 from vs_iedvr.edvr_blocks import DCNv2Pack
-from vs_iedvr.loss import charbonnier_loss
 from vs_iedvr.network import build, channels_last_format
 
 from .data import WindowDataset, find_sources, split_validation
+from .loss import charbonnier_loss
 from .metrics import psnr, ssim
 from .warm_start import describe, read_initial_weights, warm_start
 

@@ -18,6 +18,8 @@ import os
 
 import vapoursynth as vs
 
+from .window import fold
+
 core = vs.core
 
 BACKENDS = {"ov": ("ov", "vapoursynth-mlrt-ov"), "trt": ("trt", "vapoursynth-mlrt-trt")}
@@ -26,18 +28,6 @@ BORDERS = ("reflect", "replicate")
 
 def _error(message: str) -> vs.Error:
     return vs.Error(f"vs_iedvr.mlrt.upscale: {message}")
-
-
-def fold(i: int, first: int, last: int, border: str) -> int:
-    """Index `i` folded into [first, last] by reflection about the ends (or clamped to them): the
-    plugin's rule (csrc/vsfilter/vs_filter.cpp), periodic for windows wider than the range."""
-    if first == last:
-        return first
-    if border == "replicate":
-        return min(max(i, first), last)
-    period = 2 * (last - first)
-    offset = (i - first) % period
-    return first + (offset if offset <= last - first else period - offset)
 
 
 def shifted(clip: vs.VideoNode, k: int, radius: int, border: str) -> vs.VideoNode:
