@@ -1,10 +1,11 @@
-"""The shipped default weights: installed with the package, used when no model is given, and
-better than bicubic on a real frame they were not trained on (the demo clip's source video is
-held out of training)."""
+"""The shipped default weights, x4 (default.pt) and x2 (default-x2.pt): installed with the package,
+used when no model is given (x2 for scale=2), and better than bicubic on real frames they were not
+trained on (the demo clip's source video is held out of training)."""
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import vapoursynth as vs
 
@@ -15,7 +16,9 @@ from vs_iedvr.training.degradations import bicubic_upscale
 from vs_iedvr.training.metrics import psnr
 
 core = vs.core
-DEFAULT = Path(vs_iedvr.__file__).parent / "models" / "default.pt"
+MODELS = Path(vs_iedvr.__file__).parent / "models"
+DEFAULT = MODELS / "default.pt"
+DEFAULTS = {4: DEFAULT, 2: MODELS / "default-x2.pt"}
 DEMO_CLIP = Path(__file__).resolve().parents[1] / "demo" / "dog.mkv"
 
 
@@ -27,14 +30,17 @@ def demo_frames(count: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
 
 
-def test_default_model_is_installed_float16_x4():
-    metadata = model_file.read_metadata(DEFAULT)
-    assert metadata["scale"] == 4 and metadata["num_frames"] == 5
+@pytest.mark.parametrize("scale", sorted(DEFAULTS))
+def test_default_model_is_installed_float16(scale):
+    metadata = model_file.read_metadata(DEFAULTS[scale])
+    assert metadata["scale"] == scale and metadata["num_frames"] == 5
     assert metadata["weights_dtype"] == "float16"
     assert metadata["weights"]["training"]["config"]["degradation"] == "BI"
+    assert metadata["weights"]["training"]["config"]["scale"] == scale
 
 
-def test_upscale_without_a_model_uses_the_default_weights():
+@pytest.mark.parametrize("scale", sorted(DEFAULTS))
+def test_upscale_without_a_model_uses_the_default_weights(scale):
     frames = torch.rand(5, 3, 8, 12, generator=torch.Generator().manual_seed(0)).numpy()
     blank = core.std.BlankClip(format=vs.RGBS, width=12, height=8, length=5)
 
@@ -45,23 +51,26 @@ def test_upscale_without_a_model_uses_the_default_weights():
         return out
 
     clip = core.std.ModifyFrame(blank, blank, fill)
-    implicit, explicit = core.iedvr.Upscale(clip), core.iedvr.Upscale(clip, model=str(DEFAULT))
+    implicit = core.iedvr.Upscale(clip) if scale == 4 else core.iedvr.Upscale(clip, scale=scale)
+    explicit = core.iedvr.Upscale(clip, model=str(DEFAULTS[scale]))
+    assert (implicit.width, implicit.height) == (12 * scale, 8 * scale)
     for n in (0, 2):
         a, b = implicit.get_frame(n), explicit.get_frame(n)
         for plane in range(3):
             np.testing.assert_array_equal(np.asarray(a[plane]), np.asarray(b[plane]))
 
 
-def test_default_weights_beat_bicubic_on_a_held_out_real_frame():
-    # The demo clip's frames (256x144) as ground truth, reduced x4 as in training (BI).
+@pytest.mark.parametrize("scale", sorted(DEFAULTS))
+def test_default_weights_beat_bicubic_on_a_held_out_real_frame(scale):
+    # The demo clip's frames (256x144) as ground truth, reduced as in training (BI).
     high = demo_frames(5)
-    low = degrade(high, 4, "BI")
-    model, _ = model_file.load_model(DEFAULT)
+    low = degrade(high, scale, "BI")
+    model, _ = model_file.load_model(DEFAULTS[scale])
     with torch.no_grad():
         upscaled = model(low[None])[0].clamp(0, 1)
     truth = high[2]
     quantise = lambda x: (x * 255).round() / 255
     model_psnr = psnr(quantise(upscaled), truth, crop_border=4, y_channel=True)
-    bicubic_psnr = psnr(quantise(bicubic_upscale(low[2:3], 4)[0].clamp(0, 1)), truth, crop_border=4,
-                        y_channel=True)
+    bicubic_psnr = psnr(quantise(bicubic_upscale(low[2:3], scale)[0].clamp(0, 1)), truth,
+                        crop_border=4, y_channel=True)
     assert model_psnr > bicubic_psnr + 0.5, (model_psnr, bicubic_psnr)
