@@ -146,16 +146,13 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
   const int64_t cout_g = g.out_channels / groups, rows_g = g.in_channels / groups * g.taps();
   const bool has_bias = bias.has_value() && bias->defined();
 
-  const bool channels_last = input_.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_height, g.out_width},
-                                input_.options().memory_format(
-                                    channels_last ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous));
+                                input_.options().memory_format(input_.suggest_memory_format()));
   if (output.numel() == 0) return output;
-  // Channels-last output is [pixel, channel] per image: a chunk's GEMM writes rows of it.
-  const at::Tensor output_flat =
-      channels_last ? output.permute({0, 2, 3, 1}).view({g.batch, g.out_pixels(), g.out_channels})
-                    : output.view({g.batch, g.out_channels, g.out_pixels()});
+  // Each image's output as [pixel, channel] rows, whatever its layout (for planar output a
+  // transposed view): a chunk's GEMMs write rows of it.
+  const at::Tensor output_rows =
+      output.permute({0, 2, 3, 1}).view({g.batch, g.out_pixels(), g.out_channels});
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
   const int64_t chunks_per_image = (g.out_pixels() + chunk - 1) / chunk;
   const int64_t row = g.in_channels * g.taps();
@@ -181,23 +178,13 @@ at::Tensor forward_cpu(const at::Tensor& input_, const at::Tensor& offset_, cons
                                  chunk_mask.data(), p_begin, n, sampled.data_ptr<scalar_t>());
         at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
         if (dtype != sampling_type) cols.copy_(sampled);
-        if (channels_last) {
-          const at::Tensor out = output_flat[b].narrow(0, p_begin, n);  // [n, C_out]
-          for (int64_t grp = 0; grp < groups; ++grp) {
-            at::Tensor out_g = out.narrow(1, grp * cout_g, cout_g);
-            at::mm_out(out_g, cols.narrow(1, grp * rows_g, rows_g),
-                       weight.narrow(0, grp * cout_g, cout_g).t());
-          }
-          if (has_bias) out.add_(*bias);
-        } else {
-          const at::Tensor out = output_flat[b].narrow(1, p_begin, n);  // [C_out, n]
-          for (int64_t grp = 0; grp < groups; ++grp) {
-            at::Tensor out_g = out.narrow(0, grp * cout_g, cout_g);
-            at::mm_out(out_g, weight.narrow(0, grp * cout_g, cout_g),
-                       cols.narrow(1, grp * rows_g, rows_g).t());
-          }
-          if (has_bias) out.add_(bias->view({-1, 1}));
+        const at::Tensor out = output_rows[b].narrow(0, p_begin, n);  // [n, C_out]
+        for (int64_t grp = 0; grp < groups; ++grp) {
+          at::Tensor out_g = out.narrow(1, grp * cout_g, cout_g);
+          at::mm_out(out_g, cols.narrow(1, grp * rows_g, rows_g),
+                     weight.narrow(0, grp * cout_g, cout_g).t());
         }
+        if (has_bias) out.add_(*bias);
       }
     });
   });
