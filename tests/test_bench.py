@@ -57,3 +57,21 @@ def test_bench_times_vs_mlrt_beside_the_plugin(tmp_path):
     ratio = float(re.search(r"plugin / vs-mlrt-ov: ([\d.]+)x", out).group(1))
     assert ratio == pytest.approx(rate["plugin"] / rate["vs-mlrt-ov"], rel=0.02)
     assert "Python callback" not in out
+
+
+def test_no_reuse_times_windows_that_share_no_frame(tmp_path):
+    path = tmp_path / "small.pt"
+    export_small_network(path)
+    run = subprocess.run([sys.executable, "-P", "-m", "vs_iedvr", "bench", "--size", f"{WIDTH}x{HEIGHT}",
+                          "--frames", "2", "--device", "cpu", "--model", str(path),
+                          "--pipelines", "plugin", "--no-reuse"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    assert "every 5th frame (windows share no frame)" in out
+    whole = float(re.search(r"([\d.]+) G for a whole window", out).group(1))
+    # The plugin computes whole windows then: its rate is counted on the whole window's FLOPs
+    # (frames per second, the column with three decimals, times GFLOP per frame).
+    fps, rate = map(float, re.search(
+        rf"{re.escape(PIPELINES['plugin'])}\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s", out).groups())
+    assert rate == pytest.approx(whole * fps, rel=0.02)
