@@ -13,6 +13,10 @@ class IedvrTiling(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in ("tile_width", "tile_height", "overlap_x", "overlap_y")]
 
 
+class IedvrModelInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in ("scale", "num_frames", "fused_convolutions")]
+
+
 class IedvrPlanes(ctypes.Structure):
     """Three planes by pointer and stride in bytes, as VapourSynth frames hand them out (the
     output planes have the same layout)."""
@@ -44,6 +48,7 @@ class Engine:
             lib.iedvr_engine_feature_counts.argtypes = [ctypes.c_void_p] + 2 * [ctypes.POINTER(ctypes.c_ulonglong)]
             lib.iedvr_engine_block_counts.argtypes = 3 * [ctypes.POINTER(ctypes.c_ulonglong)]
             lib.iedvr_engine_destroy.argtypes = [ctypes.c_void_p]
+            lib.iedvr_engine_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(IedvrModelInfo)]
             Engine.library = lib
         error = ctypes.create_string_buffer(1024)
         self.handle = self.library.iedvr_engine_create(
@@ -63,6 +68,11 @@ class Engine:
             ctypes.byref(planes_of(out)), error, 1024)
         assert status == 0, error.value.decode()
         return out
+
+    def info(self) -> IedvrModelInfo:
+        info = IedvrModelInfo()
+        self.library.iedvr_engine_info(self.handle, ctypes.byref(info))
+        return info
 
     def counts(self) -> tuple[int, int]:
         computed, reused = ctypes.c_ulonglong(), ctypes.c_ulonglong()

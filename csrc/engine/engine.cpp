@@ -3,6 +3,7 @@
 // start-up never pays for libtorch.
 #include "engine.h"
 #include "block_reuse.h"
+#include "cpu_fusion.h"
 #include "device_memory.h"
 #include "feature_cache.h"
 #include "memory_plan.h"
@@ -215,6 +216,15 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     }
     engine->split = engine->module.find_method("features").has_value() &&
                     engine->module.find_method("upscale").has_value();
+    const char* fusion_setting = std::getenv("IEDVR_CPU_FUSION");
+    const bool fusion_off = fusion_setting != nullptr && std::string(fusion_setting) == "0";
+    if (engine->device.is_cpu() && cpu_fusion::available() && !fusion_off) {
+      const std::vector<std::string> methods =
+          engine->split ? std::vector<std::string>{"features", "upscale"}
+                        : std::vector<std::string>{"forward"};
+      engine->module = cpu_fusion::fuse_conv_leaky_relu(engine->module, methods,
+                                                        &engine->info.fused_convolutions);
+    }
     // Room for one window plus the frames the next windows add, per engine using the cache.
     const size_t frames_per_engine = engine->info.num_frames + 2;
     if (share_cache_with != nullptr && share_cache_with->cache) {

@@ -12,6 +12,7 @@ typedef struct IedvrEngine IedvrEngine;
 typedef struct IedvrModelInfo {
   int scale;       // output size = input size * scale
   int num_frames;  // frames per window, centre frame in the middle
+  int fused_convolutions;  // convolutions run with their LeakyReLU fused in (CPU; cpu_fusion.h)
 } IedvrModelInfo;
 
 // device: -2 picks the first CUDA device if there is one, else the CPU; -1 the CPU; n >= 0 CUDA
