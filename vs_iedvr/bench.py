@@ -72,18 +72,13 @@ def shifted(clip, k: int):
     return clip
 
 
-def sixteen_bit(device: torch.device) -> torch.dtype:
-    """What fp16 means, as in the plugin: float16 on CUDA, bfloat16 on the CPU."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
 def python_pipeline(clip, model_path: str, device: torch.device, half: bool):
     """The per-frame callback of the pure-Python wrappers: gather the window's frames, convert
     them to a tensor, run the network on the whole window, copy the result into a new frame."""
     import vapoursynth as vs
 
     model, metadata = model_file.load_model(model_path, device)
-    dtype = sixteen_bit(device) if half else torch.float32
+    dtype = precision.sixteen_bit(device) if half else torch.float32
     model = model.to(dtype)
     scale, radius = metadata["scale"], metadata["num_frames"] // 2
     blank = vs.core.std.BlankClip(clip, width=clip.width * scale, height=clip.height * scale)
@@ -234,7 +229,7 @@ def bench(args) -> int:
             onnx_export.export_onnx(net, paths["vs-mlrt-ov"], "openvino",
                                     source["architecture"], weights=source["weights"])
         whole, cached = flops_per_output_frame(str(model), width, height, device)
-        dtype = sixteen_bit(device) if fp16 else torch.float32
+        dtype = precision.sixteen_bit(device) if fp16 else torch.float32
         peak = compute_peak(device, dtype)
 
         # With --no-reuse, frames one window apart: no two windows share a frame.
