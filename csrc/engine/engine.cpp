@@ -222,8 +222,9 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       const std::vector<std::string> methods =
           engine->split ? std::vector<std::string>{"features", "upscale"}
                         : std::vector<std::string>{"forward"};
-      engine->module = cpu_fusion::fuse_conv_leaky_relu(engine->module, methods,
-                                                        &engine->info.fused_convolutions);
+      engine->module = cpu_fusion::fuse_conv_leaky_relu(
+          engine->module, methods, engine->info.num_frames, engine->dtype,
+          &engine->info.fused_convolutions);
     }
     // Room for one window plus the frames the next windows add, per engine using the cache.
     const size_t frames_per_engine = engine->info.num_frames + 2;
