@@ -151,3 +151,5 @@ def test_model_files_with_three_feature_tensors_still_run(setup, tmp_path):
         np.testing.assert_allclose(old.run(frames[numbers], numbers), new.run(frames[numbers], numbers),
                                    atol=1e-5)
     assert old.counts()[0] == len(set(window_numbers(0) + window_numbers(4)))  # cached, per frame
+    # libtorch cannot freeze a module without `forward`: such files run without the CPU fusion.
+    assert old.info().fused_convolutions == 0

@@ -10,12 +10,10 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/script.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/subgraph_matcher.h>
 #include <torch/csrc/jit/passes/subgraph_rewrite.h>
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -52,39 +50,23 @@ inline bool is_plain_2d_convolution(const torch::jit::Match& match,
          transposed->isBool() && !transposed->toBool();
 }
 
-// The module frozen (keeping `methods` and `forward`) with the rewrite applied to them, if its
-// `forward` then runs on a tiny window of `num_frames` frames in `dtype`: a libtorch whose oneDNN
-// cannot run the fused op on this CPU keeps the module as it was instead of failing on every
-// frame. `fused` receives how many convolutions `methods` run fused. The module must be in eval
-// mode and in its final dtype and layout.
+// The module frozen (keeping `methods`) with the rewrite applied to each of them; `fused` receives
+// how many convolutions were fused. The module must be in eval mode and in its final dtype and
+// layout.
 inline torch::jit::Module fuse_conv_leaky_relu(const torch::jit::Module& module,
                                                const std::vector<std::string>& methods,
-                                               int64_t num_frames, torch::ScalarType dtype,
                                                int* fused) {
-  std::vector<std::string> preserved = methods;
-  if (std::find(preserved.begin(), preserved.end(), "forward") == preserved.end()) {
-    preserved.push_back("forward");
-  }
-  torch::jit::Module frozen = torch::jit::freeze(module, preserved, /*optimize_numerics=*/false);
+  torch::jit::Module frozen = torch::jit::freeze(module, methods, /*optimize_numerics=*/false);
   torch::jit::SubgraphRewriter rewriter;
   rewriter.RegisterRewritePattern(kConvLeakyRelu, kFusedConvLeakyRelu);
-  int count = 0;
-  for (const auto& name : preserved) {
+  *fused = 0;
+  for (const auto& name : methods) {
     auto graph = frozen.get_method(name).graph();
     rewriter.runOnGraph(graph, is_plain_2d_convolution);
-    if (std::find(methods.begin(), methods.end(), name) == methods.end()) continue;
     for (const torch::jit::Node* node : graph->nodes()) {
-      if (node->kind().toQualString() == std::string("mkldnn::_convolution_pointwise")) ++count;
+      if (node->kind().toQualString() == std::string("mkldnn::_convolution_pointwise")) ++*fused;
     }
   }
-  try {
-    const c10::InferenceMode inference;
-    frozen.forward({torch::rand({1, num_frames, 3, 16, 16}, torch::TensorOptions().dtype(dtype))});
-  } catch (const std::exception&) {
-    *fused = 0;
-    return module;
-  }
-  *fused = count;
   return frozen;
 }
 

@@ -154,6 +154,10 @@ struct IedvrEngine {
   std::optional<IedvrTiling> fallback_tiling;
 };
 
+namespace {
+void apply_cpu_fusion(IedvrEngine* engine);  // below, beside the code that runs a window
+}  // namespace
+
 extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
                                             IedvrEngine* share_cache_with, char* error,
                                             size_t error_size) {
@@ -219,12 +223,7 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     const char* fusion_setting = std::getenv("IEDVR_CPU_FUSION");
     const bool fusion_off = fusion_setting != nullptr && std::string(fusion_setting) == "0";
     if (engine->device.is_cpu() && cpu_fusion::available() && !fusion_off) {
-      const std::vector<std::string> methods =
-          engine->split ? std::vector<std::string>{"features", "upscale"}
-                        : std::vector<std::string>{"forward"};
-      engine->module = cpu_fusion::fuse_conv_leaky_relu(
-          engine->module, methods, engine->info.num_frames, engine->dtype,
-          &engine->info.fused_convolutions);
+      apply_cpu_fusion(engine.get());
     }
     // Room for one window plus the frames the next windows add, per engine using the cache.
     const size_t frames_per_engine = engine->info.num_frames + 2;
@@ -300,6 +299,34 @@ torch::Tensor upscale_features(IedvrEngine* engine, const std::vector<Features>&
   }
   inputs.emplace_back(centre);
   return engine->module.get_method("upscale")(std::move(inputs)).toTensor();
+}
+
+// The rewrite of cpu_fusion.h, kept if the rewritten model then runs a tiny window: a libtorch
+// whose oneDNN cannot run the fused convolution on this CPU keeps the plain model instead of
+// failing on every frame, and so do model files that libtorch cannot freeze (those from before
+// the `forward` method: freezing always keeps `forward`).
+void apply_cpu_fusion(IedvrEngine* engine) {
+  const std::vector<std::string> methods = engine->split
+                                               ? std::vector<std::string>{"features", "upscale"}
+                                               : std::vector<std::string>{"forward"};
+  const torch::jit::Module plain = engine->module;
+  try {
+    int fused = 0;
+    engine->module = cpu_fusion::fuse_conv_leaky_relu(plain, methods, &fused);
+    const c10::InferenceMode inference;
+    const auto frame = torch::rand({1, 3, 16, 16}, torch::TensorOptions().dtype(engine->dtype))
+                           .contiguous(torch::MemoryFormat::ChannelsLast);
+    const std::vector<torch::Tensor> frames(engine->info.num_frames, frame);
+    if (engine->split) {
+      upscale_features(engine, std::vector<Features>(frames.size(), frame_features(engine, frame)),
+                       frame);
+    } else {
+      engine->module.forward({torch::cat(frames).unsqueeze(0)});
+    }
+    engine->info.fused_convolutions = fused;
+  } catch (const std::exception&) {
+    engine->module = plain;
+  }
 }
 
 // The input frames of one window, read from the caller's planes (pointer and stride each) and
