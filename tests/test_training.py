@@ -271,6 +271,20 @@ def test_evaluate_in_bfloat16_is_close_to_float32_but_computed_in_it(dataset_roo
     assert half != full and abs(half - full) < 0.1
 
 
+def test_evaluate_through_the_plugin_scores_what_the_eager_network_scores(dataset_root, tmp_path):
+    from vs_iedvr.training.evaluate import evaluate
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    clips = [str(dataset_root / "clips")]
+    eager = evaluate(path, clips, max_frames=4)["model"]
+    plugin = evaluate(path, clips, max_frames=4, plugin=True)["model"]
+    for metric in ("psnr_y", "ssim_rgb"):
+        for clip, value in eager[metric][0].items():
+            assert plugin[metric][0][clip] == pytest.approx(value, abs=1e-3)
+
+
 def test_evaluate_reads_video_files_like_frame_folders(tmp_path):
     from vs_iedvr.training.evaluate import evaluate
 

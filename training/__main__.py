@@ -3,7 +3,7 @@
     vs-iedvr-train train --data clips/ video.mkv stills:photos/ --out-dir runs/x4 \
         [--arch iedvr-m] [--network num_feat=32 num_enhance_block=3] [--iterations 100000] ...
     torchrun --nproc-per-node 2 --no-python vs-iedvr-train train ...   # several processes
-    vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0]
+    vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0] [--fp16] [--plugin]
     vs-iedvr-train fetch-data data/default     # the default weights' data, from the registries
 
 Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
     evaluate_parser.add_argument("--fp16", action="store_true",
                                  help="run the model in bfloat16, as the plugin's 16-bit CPU inference")
+    evaluate_parser.add_argument("--plugin", action="store_true",
+                                 help="run the model through core.iedvr.Upscale on the CPU (what a "
+                                      "script gets) instead of the eager network")
     fetch_parser = commands.add_parser("fetch-data", help="download the default weights' data")
     fetch_parser.add_argument("out", help="folder to fill (train/, held_out/, PROVENANCE.md)")
     args = parser.parse_args(argv)

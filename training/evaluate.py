@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vs_iedvr import model_file
+from vs_iedvr import clips, model_file
 from vs_iedvr.precision import sixteen_bit
 from vs_iedvr.window import fold
 
@@ -43,12 +43,24 @@ def upscale_clip(model, low: torch.Tensor, num_frames: int,
     return torch.stack(outputs)
 
 
+def upscale_clip_with_plugin(model_path, low: torch.Tensor, fp16: bool) -> torch.Tensor:
+    """The clip through core.iedvr.Upscale on the CPU, as a user's script runs it: the C++ engine
+    with its feature cache and CPU graph rewrites, the same reflected borders."""
+    import vapoursynth as vs
+
+    clip = clips.clip_of(low.numpy())
+    upscaled = vs.core.iedvr.Upscale(clip, model=str(model_path), device_index=-1, fp16=int(fp16))
+    return torch.from_numpy(clips.frames_of(upscaled)).clamp(0, 1)
+
+
 def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_border: int = 0,
-             max_frames: int = 0, cache: str = "runs/decoded", fp16: bool = False) -> dict:
+             max_frames: int = 0, cache: str = "runs/decoded", fp16: bool = False,
+             plugin: bool = False) -> dict:
     """Scores per clip and overall for the model and for bicubic: {method: {metric: (per_clip,
     mean)}} with metrics psnr_y, ssim_y, psnr_rgb, ssim_rgb. Clips are folders of frames or video
     files (decoded once into `cache`). fp16: run the model in 16-bit as the plugin's fp16=1 does
-    on the CPU (bfloat16 weights and frames)."""
+    on the CPU (bfloat16 weights and frames). plugin: run it through the VapourSynth plugin
+    instead of the eager network."""
     model, metadata = model_file.load_model(model_path)
     dtype = sixteen_bit(torch.device("cpu")) if fp16 else torch.float32
     model = model.to(dtype)
@@ -66,8 +78,9 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
     for clip in clips:
         high = load_clip(clip.frames, scale, max_frames)
         low = degrade(high, scale, degradation)
-        results = {"bicubic": bicubic_upscale(low, scale),
-                   "model": upscale_clip(model, low, num_frames, dtype)}
+        upscaled = (upscale_clip_with_plugin(model_path, low, fp16) if plugin
+                    else upscale_clip(model, low, num_frames, dtype))
+        results = {"bicubic": bicubic_upscale(low, scale), "model": upscaled}
         for method, upscaled in results.items():
             upscaled = quantise(upscaled)
             for frame, truth in zip(upscaled, high):
@@ -82,11 +95,12 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
 
 def evaluate_command(args) -> int:
     results = evaluate(args.model, args.clips, args.degradation, args.crop_border, args.max_frames,
-                       args.cache, args.fp16)
+                       args.cache, args.fp16, args.plugin)
     clips = list(results["model"]["psnr_y"][0])
     header = f"{'clip':30s} {'bicubic PSNR-Y':>15s} {'SSIM-Y':>7s} {'model PSNR-Y':>13s} {'SSIM-Y':>7s}"
     print(f"{args.model}, {args.degradation} x{model_file.read_metadata(args.model)['scale']}, "
-          f"crop border {args.crop_border}, {'bfloat16' if args.fp16 else 'float32'}")
+          f"crop border {args.crop_border}, {'bfloat16' if args.fp16 else 'float32'}, "
+          f"{'core.iedvr.Upscale' if args.plugin else 'the eager network'}")
     print(header)
     for clip in clips:
         row = [results[m][k][0][clip] for m in ("bicubic", "model") for k in ("psnr_y", "ssim_y")]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import model_file, network, onnx_export, precision
+from . import clips, model_file, network, onnx_export, precision
 
 PIPELINES = {"plugin": "core.iedvr.Upscale (C++, cached features)",
              "python": "Python callback (std.ModifyFrame + torch)",
@@ -46,21 +46,11 @@ PEERS = ("vs-mlrt-ov",)
 
 def source_clip(width: int, height: int, length: int):
     """Smooth random RGBS frames (made once; the source costs nothing next to the network)."""
-    import vapoursynth as vs
-
     generator = torch.Generator().manual_seed(0)
     coarse = torch.rand(length, 3, height // 8 + 2, width // 8 + 2, generator=generator)
     frames = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic",
                                              align_corners=False).clamp(0, 1).numpy()
-    blank = vs.core.std.BlankClip(format=vs.RGBS, width=width, height=height, length=length)
-
-    def fill(n, f):
-        out = f.copy()
-        for plane in range(3):
-            np.asarray(out[plane])[:] = frames[n, plane]
-        return out
-
-    return vs.core.std.ModifyFrame(blank, blank, fill)
+    return clips.clip_of(frames)
 
 
 def shifted(clip, k: int):
