@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from vs_iedvr import clips, model_file
+from vs_iedvr import model_file
+from vs_iedvr.clips import clip_of, frames_of
 from vs_iedvr.precision import sixteen_bit
 from vs_iedvr.window import fold
 
@@ -48,9 +49,9 @@ def upscale_clip_with_plugin(model_path, low: torch.Tensor, fp16: bool) -> torch
     with its feature cache and CPU graph rewrites, the same reflected borders."""
     import vapoursynth as vs
 
-    clip = clips.clip_of(low.numpy())
+    clip = clip_of(low.numpy())
     upscaled = vs.core.iedvr.Upscale(clip, model=str(model_path), device_index=-1, fp16=int(fp16))
-    return torch.from_numpy(clips.frames_of(upscaled)).clamp(0, 1)
+    return torch.from_numpy(frames_of(upscaled)).clamp(0, 1)
 
 
 def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_border: int = 0,
