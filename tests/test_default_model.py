@@ -11,6 +11,7 @@ import vapoursynth as vs
 
 import vs_iedvr
 from vs_iedvr import model_file
+from vs_iedvr.clips import clip_of
 from vs_iedvr.training.data import degrade
 from vs_iedvr.training.degradations import bicubic_upscale
 from vs_iedvr.training.metrics import psnr
@@ -41,16 +42,7 @@ def test_default_model_is_installed_float16(scale):
 
 @pytest.mark.parametrize("scale", sorted(DEFAULTS))
 def test_upscale_without_a_model_uses_the_default_weights(scale):
-    frames = torch.rand(5, 3, 8, 12, generator=torch.Generator().manual_seed(0)).numpy()
-    blank = core.std.BlankClip(format=vs.RGBS, width=12, height=8, length=5)
-
-    def fill(n, f):
-        out = f.copy()
-        for plane in range(3):
-            np.asarray(out[plane])[:] = frames[n, plane]
-        return out
-
-    clip = core.std.ModifyFrame(blank, blank, fill)
+    clip = clip_of(torch.rand(5, 3, 8, 12, generator=torch.Generator().manual_seed(0)).numpy())
     implicit = core.iedvr.Upscale(clip) if scale == 4 else core.iedvr.Upscale(clip, scale=scale)
     explicit = core.iedvr.Upscale(clip, model=str(DEFAULTS[scale]))
     assert (implicit.width, implicit.height) == (12 * scale, 8 * scale)

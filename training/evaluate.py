@@ -62,10 +62,17 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
     files (decoded once into `cache`). fp16: run the model in 16-bit as the plugin's fp16=1 does
     on the CPU (bfloat16 weights and frames). plugin: run it through the VapourSynth plugin
     instead of the eager network."""
-    model, metadata = model_file.load_model(model_path)
-    dtype = sixteen_bit(torch.device("cpu")) if fp16 else torch.float32
-    model = model.to(dtype)
+    metadata = model_file.read_metadata(model_path)
     scale, num_frames = metadata["scale"], metadata["num_frames"]
+    if plugin:  # the plugin loads the file itself
+        def upscale(low):
+            return upscale_clip_with_plugin(model_path, low, fp16)
+    else:
+        dtype = sixteen_bit(torch.device("cpu")) if fp16 else torch.float32
+        model = model_file.load_model(model_path)[0].to(dtype)
+
+        def upscale(low):
+            return upscale_clip(model, low, num_frames, dtype)
     clips = []
     for root in map(Path, clip_roots):
         if root.is_file() and root.suffix.lower() in VIDEO_SUFFIXES:
@@ -79,9 +86,7 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
     for clip in clips:
         high = load_clip(clip.frames, scale, max_frames)
         low = degrade(high, scale, degradation)
-        upscaled = (upscale_clip_with_plugin(model_path, low, fp16) if plugin
-                    else upscale_clip(model, low, num_frames, dtype))
-        results = {"bicubic": bicubic_upscale(low, scale), "model": upscaled}
+        results = {"bicubic": bicubic_upscale(low, scale), "model": upscale(low)}
         for method, upscaled in results.items():
             upscaled = quantise(upscaled)
             for frame, truth in zip(upscaled, high):

@@ -316,12 +316,11 @@ void apply_cpu_fusion(IedvrEngine* engine) {
     const c10::InferenceMode inference;
     const auto frame = torch::rand({1, 3, 16, 16}, torch::TensorOptions().dtype(engine->dtype))
                            .contiguous(torch::MemoryFormat::ChannelsLast);
-    const std::vector<torch::Tensor> frames(engine->info.num_frames, frame);
+    const size_t count = engine->info.num_frames;
     if (engine->split) {
-      upscale_features(engine, std::vector<Features>(frames.size(), frame_features(engine, frame)),
-                       frame);
+      upscale_features(engine, std::vector<Features>(count, frame_features(engine, frame)), frame);
     } else {
-      engine->module.forward({torch::cat(frames).unsqueeze(0)});
+      engine->module.forward({torch::cat(std::vector<torch::Tensor>(count, frame)).unsqueeze(0)});
     }
     engine->info.fused_convolutions = fused;
   } catch (const std::exception&) {
