@@ -80,7 +80,7 @@ def test_frame_folder_layouts(tmp_path):
     vimeo = data.frame_folders(tmp_path / "vimeo", 5)
     assert len(vimeo) == 1 and len(vimeo[0].frames) == 7
     assert data.frame_folders(tmp_path / "short", 5) == []
-    with pytest.raises(ValueError, match="no folder with at least 5 frames"):
+    with pytest.raises(ValueError, match="no video file and no folder with at least 5 frames"):
         data.find_sources([str(tmp_path / "short")], 5, tmp_path / "cache")
 
 
@@ -94,6 +94,25 @@ def test_video_files_are_decoded(tmp_path):
     broken.write_bytes(b"not a video")
     with pytest.raises(ValueError, match="cannot decode"):
         data.find_sources([str(broken)], 5, tmp_path / "cache")
+
+
+def test_a_folder_of_footage_gives_its_videos_and_frame_folders(tmp_path):
+    write_clip(tmp_path / "footage" / "shot", 6)
+    (tmp_path / "footage" / "camera").mkdir()
+    frames, _ = write_lossless_video(tmp_path / "footage" / "camera" / "take.mkv", 7)
+    clips, _ = data.find_sources([str(tmp_path / "footage")], 5, tmp_path / "cache")
+    assert sorted((c.name, len(c.frames)) for c in clips) == [("footage/shot", 6), ("take.mkv", 7)]
+    decoded = next(c for c in clips if c.name == "take.mkv")
+    assert torch.equal(data.read_image(decoded.frames[3]),
+                       torch.from_numpy(frames[3]).permute(2, 0, 1))
+
+
+def test_a_clip_too_small_for_the_patch_is_refused_before_training(dataset_root):
+    clips, _ = data.find_sources([str(dataset_root / "clips")], 5, dataset_root / "cache")
+    data.WindowDataset(clips, [], 5, 4, 10, "BI", seed=0)  # 40x48 frames hold 40x40
+    with pytest.raises(ValueError, match=r"clip clips/000: frames of 48x40 cannot hold the 44x44 "
+                                         r"patch of patch_size 11 at x4: give patch_size at most 10"):
+        data.WindowDataset(clips, [], 5, 4, 11, "BI", seed=0)
 
 
 def test_samples_are_deterministic_and_shaped(dataset_root):

@@ -90,3 +90,21 @@ def test_the_shipped_model_warm_starts_x4_and_x2():
         assert torch.allclose(x4.eval()(frames), model(frames), atol=1e-5)
     report = warm_start(build("iedvr-m", scale=2), initial)
     assert report.loaded and all(n.startswith("upconv2") for n in report.unused)
+
+
+def test_init_takes_a_shipped_model_by_name_unless_a_local_file_shadows_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import vs_iedvr
+
+    monkeypatch.chdir(tmp_path)
+    by_name = read_initial_weights("default-x2.pt")
+    by_path = read_initial_weights(Path(vs_iedvr.__file__).parent / "models" / "default-x2.pt")
+    assert by_name.kind == "model file" and by_name.steps == by_path.steps
+    assert by_name.state.keys() == by_path.state.keys()
+    assert all(torch.equal(by_name.state[k], by_path.state[k]) for k in by_path.state)
+    # A file of that name where the command runs is the user's, not the shipped one.
+    torch.save({"params": {"conv_first.weight": torch.zeros(1)}}, tmp_path / "default-x2.pt")
+    assert read_initial_weights("default-x2.pt").kind == "BasicSR checkpoint"
+    with pytest.raises(ValueError, match="--init: missing.pt does not exist"):
+        read_initial_weights("missing.pt")

@@ -114,9 +114,10 @@ def _opencv_frames(path: Path):
 
 
 def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list[Clip], list[Still]]:
-    """Clips and stills from a list of sources: folders of clips, video files, or
-    `stills:FOLDER` (every image in it becomes a synthetic-motion clip). Video files are decoded
-    side by side, in threads: the decoders and the PNG encoder release the GIL."""
+    """Clips and stills from a list of sources: video files, folders (their frame folders and
+    video files, at any depth), or `stills:FOLDER` (every image in it becomes a synthetic-motion
+    clip). Video files are decoded side by side, in threads: the decoders and the PNG encoder
+    release the GIL."""
     clips, stills = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         for source in sources:
@@ -132,9 +133,12 @@ def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list
                 clips.append(pool.submit(decode_video, path, cache))
             elif path.is_dir():
                 found = frame_folders(path, min_frames)
-                if not found:
-                    raise ValueError(f"{source}: no folder with at least {min_frames} frames")
-                clips += found
+                videos = sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+                if not found and not videos:
+                    raise ValueError(f"{source}: no video file and no folder with at least "
+                                     f"{min_frames} frames")
+                clips += found + [pool.submit(decode_video, video, cache) for video in videos]
             else:
                 raise ValueError(f"{source}: expected a folder of clips, a video file "
                                  f"({', '.join(sorted(VIDEO_SUFFIXES))}) or stills:FOLDER")
@@ -216,6 +220,21 @@ def augment(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return frames
 
 
+def check_clip_sizes(clips: list[Clip], patch_size: int, scale: int) -> None:
+    """Every clip's frames hold the high-resolution patch: said at the start, not when the first
+    sample of a small clip is drawn, maybe hours into a run."""
+    from PIL import Image  # training-only dependency
+
+    for clip in clips:
+        with Image.open(clip.frames[0]) as image:  # reads the header only
+            width, height = image.size
+        if min(width, height) < patch_size * scale:
+            raise ValueError(f"clip {clip.name}: frames of {width}x{height} cannot hold the "
+                             f"{patch_size * scale}x{patch_size * scale} patch of patch_size "
+                             f"{patch_size} at x{scale}: give patch_size at most "
+                             f"{min(width, height) // scale} or leave the clip out")
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Sample index -> (low [T, 3, P, P], high [3, P*s, P*s]): a random window of num_frames
     consecutive frames of a random clip (or a synthetic-motion clip of a random still), cropped
@@ -229,6 +248,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if not 0 <= still_fraction <= 1:
             raise ValueError(f"still_fraction must be in [0, 1], got {still_fraction}")
         self.clips, self.stills = clips, stills
+        check_clip_sizes(clips, patch_size, scale)
         # 0: every window of a clip and every still is one equally likely sample. Otherwise this
         # share of the samples comes from the stills (a few photographs against long clips).
         self.still_fraction = still_fraction if clips and stills else 0.0

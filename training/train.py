@@ -63,10 +63,10 @@ class TrainConfig:
         "and stills:FOLDER for photographs turned into clips by synthetic camera motion.")})
     out_dir: str = option("runs/iedvr", "Folder for log.csv, last.pt, best.pt and model.pt; a "
                                         "last.pt found there is resumed.")
-    init: str = option("", "Warm start: a model file (the shipped default.pt too), a vs-iedvr "
-                           "checkpoint or a BasicSR checkpoint whose tensors of matching names and "
-                           "shapes are loaded, with a fresh optimiser (ignored when OUT_DIR/last.pt "
-                           "resumes a run).")
+    init: str = option("", "Warm start: a model file (the shipped ones by name: default.pt, "
+                           "default-x2.pt), a vs-iedvr checkpoint or a BasicSR checkpoint whose "
+                           "tensors of matching names and shapes are loaded, with a fresh "
+                           "optimiser (ignored when OUT_DIR/last.pt resumes a run).")
     arch: str = option("iedvr-m", "Network preset: iedvr-m (the paper's), edvr-m or edvr-l.")
     network: dict = field(default_factory=dict, metadata={"help": (
         "Changes to the preset's NetworkConfig as NAME=VALUE, e.g. num_feat=32 "

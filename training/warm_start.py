@@ -1,7 +1,8 @@
 """Warm start: the weights a training run begins from (`vs-iedvr-train train --init PATH`).
 
-PATH may be a vs-iedvr model file (the shipped default.pt included), a vs-iedvr training
-checkpoint, a BasicSR checkpoint (weights under "params_ema" or "params") or a bare state dict.
+PATH may be a vs-iedvr model file (the shipped ones also by name: default.pt, default-x2.pt), a
+vs-iedvr training checkpoint, a BasicSR checkpoint (weights under "params_ema" or "params") or a
+bare state dict.
 Tensors whose names and shapes match the network are loaded; the others keep their fresh
 initialisation and are listed (say the upsampler of an x4 model when training x2). The optimiser
 always starts fresh.
@@ -41,7 +42,7 @@ def steps_in_model_file(metadata: dict) -> int:
 
 
 def read_initial_weights(path) -> InitialWeights:
-    path = Path(path)
+    path = model_file.shipped_or_path(str(path))
     if not path.is_file():
         raise ValueError(f"--init: {path} does not exist or is not a file")
     if zipfile.is_zipfile(path) and _is_model_file(path):

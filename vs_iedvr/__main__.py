@@ -73,15 +73,6 @@ def model_info(args) -> int:
     return 0
 
 
-def model_file_path(text: str) -> Path:
-    """A model file's path, or the name of one of the shipped model files (default.pt)."""
-    path = Path(text)
-    shipped = Path(__file__).parent / "models" / path.name
-    if not path.exists() and path.name == text and shipped.is_file():
-        return shipped
-    return path
-
-
 def export(args) -> int:
     if args.format == "onnx" and args.target is None:
         args.parser.error("--format onnx needs --target: " + "; ".join(
@@ -93,7 +84,7 @@ def export(args) -> int:
         if args.arch is not None or args.scale is not None or args.weights is not None:
             args.parser.error("--from-model takes the architecture, scale and weights from the "
                               "model file: leave out --arch, --scale and --weights")
-        net, source = model_file.network_from_model_file(model_file_path(args.from_model))
+        net, source = model_file.network_from_model_file(model_file.shipped_or_path(args.from_model))
         arch, weights = source["architecture"], source["weights"]
     else:
         arch = args.arch or "iedvr-m"

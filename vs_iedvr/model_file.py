@@ -36,6 +36,19 @@ class ModelFileError(ValueError):
     """A model file that is missing, unreadable or not a vs-iedvr model."""
 
 
+SHIPPED_DIR = Path(__file__).parent / "models"
+
+
+def shipped_or_path(text: str) -> Path:
+    """A path, or the bare name of a shipped model file (default.pt, default-x2.pt) that no file
+    of that name in the working directory shadows: what `--from-model` and `--init` accept."""
+    path = Path(text)
+    shipped = SHIPPED_DIR / path.name
+    if not path.exists() and path.name == text and shipped.is_file():
+        return shipped
+    return path
+
+
 @contextlib.contextmanager
 def without_torchscript_deprecation():
     """torch >= 2.14 warns that TorchScript is deprecated; the C++ plugin needs it, so the warning
