@@ -14,7 +14,8 @@
 # best-fp16.pt (the best validation score so far): the weights alone in float16, which
 # `vs-iedvr export --weights` and `vs-iedvr-train train --init` read; train.log, log.csv,
 # build.log, summary.txt. The run folder (RUN_DIR) stays on the machine while it is held: a second
-# call resumes from its last.pt with the optimiser's state, for a budget of its own.
+# call resumes from its last.pt with the optimiser's state, for a budget of its own (or, if the
+# first was cut short before its deadline, for what was left of that one).
 #
 # Environment:
 #   PYTHON   the python that holds torch (default python3)

@@ -2,6 +2,7 @@
 resume, a two-process run, and the exported model file."""
 
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
@@ -254,6 +255,13 @@ def test_two_processes_over_gloo(dataset_root, tmp_path):
     assert result.stderr.count("step 4/4 loss") == 1 and "step 4/4" not in result.stdout
     assert "trained 4 steps" in result.stdout and "model file:" in result.stdout
     model_file.load_model(tmp_path / "ddp" / "model.pt")
+    # On a time budget the processes stop at one step, rank 0's deadline (else one would wait
+    # forever for the other's gradients), the learning rate annealed.
+    budget = command + ["--out-dir", str(tmp_path / "budget"), "--iterations", "1000000",
+                        "--time-budget-minutes", "0.05", "--no-export"]
+    result = subprocess.run(budget, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(read_log(tmp_path / "budget")[-1]["learning_rate"]) < 1e-5
 
 
 def test_evaluate_scores_model_and_bicubic(dataset_root, tmp_path):
@@ -490,3 +498,31 @@ def test_time_budget_stops_on_the_clock_with_timed_checkpoints(dataset_root, tmp
     for name, tensor in last["model"].items():
         torch.testing.assert_close(light["model"][name].float(), tensor.float(), rtol=1e-3, atol=1e-4)
     assert (weights / "best-fp16.pt").exists() and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_resumed_time_budget_keeps_its_deadline_and_its_cosine(dataset_root, tmp_path):
+    run, budget = tmp_path / "run", 24.0
+    # Stopped by its step count some seconds into the budget, as an interruption would leave it.
+    first = tiny_config(dataset_root, run, iterations=100, log_every=1, checkpoint_every=10**9,
+                        validate_every=10**9, time_budget_minutes=budget / 60, export=False)
+    train(first)
+    before = read_log(run)
+    clock = torch.load(run / "last.pt", weights_only=True)["clock"]
+    spent = clock["budget_spent"]
+    assert 0 < clock["annealing_began"] < spent < 0.75 * budget
+    started = time.time()
+    train(dataclasses.replace(first, iterations=10**6))  # resumes last.pt
+    seconds = time.time() - started
+    after = read_log(run)[len(before):]
+    # Down the same cosine (a fresh budget would start again from the peak learning rate) ...
+    assert float(after[0]["learning_rate"]) <= float(before[-1]["learning_rate"])
+    assert float(after[-1]["learning_rate"]) < 0.05 * first.learning_rate
+    # ... to the same deadline: the budget's seconds in all, not the budget again.
+    assert seconds < budget - spent + 3, (seconds, spent)
+    # The checkpoint at the deadline leaves a fresh clock to whatever resumes it.
+    finished = torch.load(run / "last.pt", weights_only=True)["clock"]
+    assert finished == {"budget_spent": 0.0, "annealing_began": None}
+    # Resumed after its deadline, a run is a new cycle over a budget of its own.
+    train(dataclasses.replace(first, iterations=10**6, time_budget_minutes=0.05))
+    again = read_log(run)[len(before) + len(after):]
+    assert float(again[0]["learning_rate"]) > 0.9 * first.learning_rate and len(again) > 1

@@ -105,8 +105,9 @@ class TrainConfig:
                                  "cuda:N.")
     threads: int = option(0, "CPU threads of torch; 0 keeps torch's default.")
     time_budget_minutes: float = option(0.0, "Stop after this many minutes of wall clock, start-up "
-                                             "included, annealing over the time left; 0 = no "
-                                             "budget.")
+                                             "included, annealing over the time left (a run "
+                                             "interrupted before it resumes with the minutes its "
+                                             "last.pt had left); 0 = no budget.")
     checkpoint_every_minutes: float = option(0.0, "Also validate and checkpoint this often by the "
                                                   "clock; 0 = by steps only.")
     weights_dir: str = option("", "Folder for last-fp16.pt and best-fp16.pt, the weights alone in "
@@ -215,6 +216,10 @@ class Trainee:
     step: int = 0
     best_psnr: float = -math.inf
     init_steps: int = 0  # the steps behind the --init weights, carried into total_steps
+    # The time budget's clock: its seconds spent, and when (in those seconds) the annealing
+    # began, so that a resumed run keeps its deadline and goes on down the same cosine.
+    budget_spent: float = 0.0
+    annealing_began: float | None = None
 
 
 def prepare_trainee(network, config: TrainConfig, processes: Processes, last_path: Path) -> Trainee:
@@ -243,6 +248,9 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         scaler.load_state_dict(state["scaler"])
         trainee.step, trainee.best_psnr = state["step"], state["best_psnr"]
         trainee.init_steps = state.get("init_steps", 0)
+        clock = state.get("clock", {})
+        trainee.budget_spent = clock.get("budget_spent", 0.0)
+        trainee.annealing_began = clock.get("annealing_began")
     return trainee
 
 
@@ -256,6 +264,8 @@ def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
     state = {"model": trainee.network.state_dict(), "step": trainee.step,
              "best_psnr": trainee.best_psnr, "init_steps": trainee.init_steps,
              "total_steps": trainee.init_steps + trainee.step,
+             "clock": {"budget_spent": trainee.budget_spent,
+                       "annealing_began": trainee.annealing_began},
              "config": dataclasses.asdict(config)}
     if weights_only:
         state["model"] = {name: tensor.detach().to("cpu", torch.float16).contiguous()
@@ -296,24 +306,36 @@ def validate(network, samples: list, device, autocast) -> dict[str, float]:
 class Clock:
     """The wall clock's part in a run: the time budget's deadline and annealing, and the timed
     checkpoints. Under torchrun every process reads rank 0's clock, so that all anneal and stop
-    at the same step (the loop's one synchronisation per step, and only with a time budget)."""
+    at the same step (the loop's one synchronisation per step, and only with a time budget).
 
-    def __init__(self, config: TrainConfig, run_started: float, processes: Processes):
+    A run interrupted before its deadline resumes `spent` seconds into the budget (what its
+    checkpoint's steps took), with the annealing begun where it began: the same deadline and the
+    same cosine. A run resumed after its deadline is a new cycle, over a budget of its own."""
+
+    def __init__(self, config: TrainConfig, run_started: float, processes: Processes,
+                 spent: float = 0.0, annealing_began: float | None = None):
         self.config, self.processes = config, processes
-        self.deadline = (run_started + 60 * config.time_budget_minutes
+        self.deadline = None
+        if config.time_budget_minutes:  # rank 0's start too: one deadline for every process
+            run_started = self.rank_0s(run_started)
+        self.started = run_started - spent  # the budget's second 0
+        self.deadline = (self.started + 60 * config.time_budget_minutes
                          if config.time_budget_minutes else None)
-        self.annealing_started = None
+        self.annealing_started = None if annealing_began is None else self.started + annealing_began
         self.next_checkpoint = None
         if config.checkpoint_every_minutes:
             self.next_checkpoint = self.now() + 60 * config.checkpoint_every_minutes
 
     def now(self) -> float:
-        now = time.time()
-        if self.processes.distributed and self.deadline is not None:
-            now_tensor = torch.tensor([now], dtype=torch.float64, device=self.processes.device)
-            dist.broadcast(now_tensor, 0)
-            now = now_tensor.item()
-        return now
+        return self.rank_0s(time.time()) if self.deadline is not None else time.time()
+
+    def rank_0s(self, value: float) -> float:
+        """Rank 0's value under torchrun (every process must call this at the same point)."""
+        if not self.processes.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.processes.device)
+        dist.broadcast(tensor, 0)
+        return tensor.item()
 
     def annealing_progress(self, step: int, now: float) -> float | None:
         """The share of the budget's annealing time spent; None without a budget (the cosine
@@ -322,6 +344,14 @@ class Clock:
             return None
         self.annealing_started = self.annealing_started or now
         return (now - self.annealing_started) / max(self.deadline - self.annealing_started, 1e-9)
+
+    def place(self, now: float) -> tuple[float, float | None]:
+        """(seconds of the budget spent, when the annealing began): where a checkpoint written
+        now leaves the clock of the run that resumes it; at the deadline, a fresh clock."""
+        if self.out_of_time(now):
+            return 0.0, None
+        began = None if self.annealing_started is None else self.annealing_started - self.started
+        return now - self.started, began
 
     def out_of_time(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -485,7 +515,7 @@ def train(config: TrainConfig) -> Path | None:
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     log = RunLog(out_dir) if master else None
     offsets = OffsetMonitor(network) if master else None
-    clock = Clock(config, run_started, processes)
+    clock = Clock(config, run_started, processes, trainee.budget_spent, trainee.annealing_began)
 
     if master and validation is not None and trainee.step == 0 and config.init:
         # What the run starts from, to compare its validation scores with.
@@ -522,6 +552,7 @@ def train(config: TrainConfig) -> Path | None:
         window_steps += 1
 
         now = clock.now()
+        trainee.budget_spent, trainee.annealing_began = clock.place(now)
         out_of_time = clock.out_of_time(now)
         # The end of the run and the timed checkpoints validate, log and checkpoint.
         milestone = step == config.iterations or out_of_time or clock.checkpoint_due(now)
