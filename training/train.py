@@ -315,12 +315,11 @@ class Clock:
     def __init__(self, config: TrainConfig, run_started: float, processes: Processes,
                  spent: float = 0.0, annealing_began: float | None = None):
         self.config, self.processes = config, processes
-        self.deadline = None
-        if config.time_budget_minutes:  # rank 0's start too: one deadline for every process
-            run_started = self.rank_0s(run_started)
         self.started = run_started - spent  # the budget's second 0
-        self.deadline = (self.started + 60 * config.time_budget_minutes
-                         if config.time_budget_minutes else None)
+        self.deadline = None
+        if config.time_budget_minutes:  # rank 0's start: one deadline for every process
+            self.started = self.rank_0s(self.started)
+            self.deadline = self.started + 60 * config.time_budget_minutes
         self.annealing_started = None if annealing_began is None else self.started + annealing_began
         self.next_checkpoint = None
         if config.checkpoint_every_minutes:
