@@ -205,13 +205,16 @@ def test_files_that_are_not_model_files_say_what_they_are(small_model, tmp_path)
 def test_the_models_own_error_text_reaches_the_frame_error(small_model, tmp_path):
     # A model that raises used to be reported as "The following operation failed in the
     # TorchScript interpreter.", its own message lost.
+    # It passes the load's check (a 16x16 window) and the memory plan's trial windows (48 and 96
+    # pixels wide), and raises on the clip's 32x24 frames.
     class Refusing(torch.nn.Module):
         def forward(self, frames: torch.Tensor) -> torch.Tensor:
-            if frames.size(3) > 0:
+            if frames.size(4) == 32:
                 raise ValueError("this model refuses frames of this size")
-            return frames
+            return torch.nn.functional.interpolate(frames.mean(1), scale_factor=4.0)
 
     metadata = model_file.read_metadata(small_model)
+    assert metadata["scale"] == 4
     metadata.pop("weights_crc32")
     refusing = tmp_path / "refusing.pt"
     with model_file.without_torchscript_deprecation():
@@ -222,3 +225,108 @@ def test_the_models_own_error_text_reaches_the_frame_error(small_model, tmp_path
     """, model=refusing)
     assert result.returncode == 0, result.stderr
     assert "frame 0: inference failed: ValueError: this model refuses frames of this size" in result.stdout
+
+
+@pytest.mark.parametrize("overlap", [2**30, 2**31 - 1, 2**40, 2**62])
+def test_huge_overlaps_are_refused_at_creation(small_model, overlap):
+    # 2 * overlap overflowed an int: 2**30 passed the check and the first frame grew memory
+    # without bound.
+    result = run_script(f"""
+        check(lambda: core.iedvr.Upscale(clip, model={{model}}, device_index=-1, tilesize=16,
+                                         overlap={overlap}))
+    """, model=small_model)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ERROR Upscale: overlap must be at least 0 and less than half"), result.stdout
+    assert f"got {overlap}x{overlap} for tiles of 16x16" in result.stdout
+
+
+def export_with(path, change) -> None:
+    """The small network with `change(network)` applied to its weights, exported with a correct
+    checksum (as a training run that diverged would export it)."""
+    torch.manual_seed(0)
+    from small_network import SMALL
+    from vs_iedvr.network import IEDVR
+    network = IEDVR(SMALL).eval()
+    with torch.no_grad():
+        change(network)
+    model_file.export_model(network, path, "small")
+
+
+def test_weights_holding_nan_are_refused_when_the_filter_is_created(tmp_path):
+    path = tmp_path / "diverged.pt"
+    export_with(path, lambda network: network.conv_hr.weight[0, 0, 1, 1].fill_(float("nan")))
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1))
+    """, model=path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"ERROR Upscale: cannot load the model {path}: its weights hold "
+                                    "NaN or infinite values (in network.conv_hr.weight)"), result.stdout
+    assert "diverged" in result.stdout
+
+
+@pytest.mark.parametrize("fp16", [0, 1])
+def test_a_model_whose_output_is_not_finite_fails_the_frame_naming_the_model(tmp_path, fp16):
+    # Finite weights, but so large that the output overflows to infinity (and then NaN).
+    path = tmp_path / "overflowing.pt"
+    export_with(path, lambda network: network.conv_last.weight.fill_(3e38))
+    result = run_script("""
+        up = core.iedvr.Upscale(clip, model={model}, device_index=-1, fp16={fp16})
+        check(lambda: up.get_frame(3))
+        tiled = core.iedvr.Upscale(clip, model={model}, device_index=-1, fp16={fp16}, tilesize=16)
+        check(lambda: tiled.get_frame(3))
+    """, model=path, fp16=fp16)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for line in lines:
+        assert line.startswith(f"ERROR Upscale: frame 3: the model {path} returned NaN or infinite "
+                               "values: its weights are probably damaged or from a training run "
+                               "that diverged"), line
+        assert ("fp16=0" in line) == bool(fp16), line
+    assert len(lines) == 2
+
+
+@pytest.mark.parametrize("format, huge", [("RGBS", 3.4e38), ("RGBH", 65504.0)])
+def test_huge_finite_input_is_clamped_to_the_range_the_network_takes(small_model, format, huge):
+    # Such a pixel used to turn the whole upscaled frame into NaN. Oracle: the same frames with
+    # the value clamped to 2 (the top of [-1, 2]) by std.Expr before the filter.
+    result = run_script("""
+        import numpy as np
+        src = core.std.BlankClip(clip, format=getattr(vs, {format}))
+        def poison(n, f):
+            out = f.copy()
+            np.asarray(out[1])[3:9, 4:12] = float({huge})
+            np.asarray(out[2])[10, 20] = -float({huge})
+            return out
+        bad = core.std.ModifyFrame(src, src, poison)
+        clamped = core.std.Expr(bad, "x -1 max 2 min")
+        for fp16 in (0, 1):
+            a = core.iedvr.Upscale(bad, model={model}, device_index=-1, fp16=fp16).get_frame(5)
+            b = core.iedvr.Upscale(clamped, model={model}, device_index=-1, fp16=fp16).get_frame(5)
+            planes_a = [np.asarray(a[p]).astype(np.float32) for p in range(3)]
+            planes_b = [np.asarray(b[p]).astype(np.float32) for p in range(3)]
+            print(all(np.isfinite(p).all() for p in planes_a),
+                  max(float(np.abs(x - y).max()) for x, y in zip(planes_a, planes_b)))
+    """, model=small_model, format=format, huge=huge)
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        finite, difference = line.split()
+        assert finite == "True" and float(difference) == 0.0, result.stdout
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_frames": 7}, "its metadata says 7 input frames and scale 4, but its network does not "
+                        "read frame 7 of the 7"),
+    ({"num_frames": 15}, "its metadata says 15 input frames and scale 4, but its network"),
+    ({"num_frames": 3}, "its metadata says 3 input frames and scale 4, but its network fails on "
+                        "such a window"),
+    ({"scale": 2}, "its metadata says 5 input frames and scale 2, but its network upscales 16x16 "
+                   "input to 64x64"),
+])
+def test_metadata_that_the_network_contradicts_is_refused(small_model, tmp_path, changes, message):
+    # A 5-frame network under metadata that says 7 used to load and return frames, silently wrong.
+    path = with_metadata(small_model, tmp_path / "contradicted.pt", **changes)
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1))
+    """, model=path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"ERROR Upscale: cannot load the model {path}: {message}"), result.stdout

@@ -9,12 +9,15 @@
 #include "memory_plan.h"
 #include "model_metadata.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <caffe2/serialize/inline_container.h>
 #include <dlfcn.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -141,6 +144,7 @@ bool cpu_has_native_bfloat16() {
 }  // namespace
 
 struct IedvrEngine {
+  std::string path;  // the model file, named in errors
   torch::jit::Module module;
   torch::Device device{torch::kCPU};
   torch::ScalarType dtype = torch::kFloat;
@@ -156,6 +160,76 @@ struct IedvrEngine {
 
 namespace {
 void apply_cpu_fusion(IedvrEngine* engine);  // below, beside the code that runs a window
+
+// A diverged training run exports weights holding NaN or infinity with a correct checksum; every
+// frame would come out NaN. Refused when the file loads, naming the first such tensor.
+void check_weights_are_finite(const torch::jit::Module& module) {
+  const auto refuse = [](const std::string& name) {
+    throw std::runtime_error("its weights hold NaN or infinite values (in " + name +
+                             "): the training run that wrote them probably diverged; export the "
+                             "weights of an earlier checkpoint");
+  };
+  for (const auto& parameter : module.named_parameters()) {
+    if (!torch::isfinite(parameter.value).all().item<bool>()) refuse(parameter.name);
+  }
+  for (const auto& buffer : module.named_buffers()) {
+    if (buffer.value.is_floating_point() && !torch::isfinite(buffer.value).all().item<bool>()) {
+      refuse(buffer.name);
+    }
+  }
+}
+
+// The metadata's frame count and scale against what the network computes, on a tiny window: a
+// traced network indexes the frames it was traced for, so one given more frames than it reads
+// ignores the rest and returns a plausible, wrong frame. The window's first and last frames must
+// both change the output, and 16x16 input must come out 16 * scale.
+void check_network_matches_metadata(IedvrEngine* engine) {
+  const c10::InferenceMode inference;
+  const int count = engine->info.num_frames, scale = engine->info.scale, side = 16;
+  const std::string claims = "its metadata says " + std::to_string(count) +
+                             " input frames and scale " + std::to_string(scale) + ", but ";
+  const auto options = torch::TensorOptions().device(engine->device).dtype(engine->dtype);
+  const auto generator = at::make_generator<at::CPUGeneratorImpl>(20241205);
+  const auto window = torch::rand({1, count, 3, side, side}, generator).to(options);
+  // Through the methods the engine runs: features + upscale where the file has them.
+  const auto run = [&](const torch::Tensor& frames) {
+    if (!engine->split) return engine->module.forward({frames}).toTensor();
+    std::vector<torch::jit::IValue> inputs;
+    const auto levels = engine->module.get_method("features")({frames[0]});
+    for (const auto& level : levels.toTupleRef().elements()) {
+      inputs.emplace_back(level.toTensor().unsqueeze(0));
+    }
+    inputs.emplace_back(frames.select(1, count / 2));
+    return engine->module.get_method("upscale")(std::move(inputs)).toTensor();
+  };
+  torch::Tensor output;
+  try {
+    output = run(window);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(claims + "its network fails on such a window: " + readable(e));
+  }
+  if (output.dim() != 4 || output.size(0) != 1 || output.size(1) != 3) {
+    throw std::runtime_error(claims + "its network returns " + c10::str(output.sizes()) +
+                             " for a window of " + std::to_string(count) +
+                             " frames (expected one RGB frame): it takes another frame count");
+  }
+  if (output.size(2) != side * scale || output.size(3) != side * scale) {
+    throw std::runtime_error(claims + "its network upscales " + std::to_string(side) + "x" +
+                             std::to_string(side) + " input to " + std::to_string(output.size(3)) +
+                             "x" + std::to_string(output.size(2)));
+  }
+  // Output that is not finite cannot show what the network reads; each frame's check names it.
+  if (!torch::isfinite(output).all().item<bool>()) return;
+  for (const int k : {0, count - 1}) {
+    auto changed = window.clone();
+    changed.select(1, k).fill_(0.5);
+    if (torch::equal(run(changed), output)) {
+      throw std::runtime_error(claims + "its network does not read frame " + std::to_string(k + 1) +
+                               " of the " + std::to_string(count) +
+                               ": it was made for fewer frames");
+    }
+  }
+}
 }  // namespace
 
 extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
@@ -218,8 +292,11 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast));
       if (parameter.dim() == 5) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast3d));
     }
+    engine->path = model_path;
     engine->split = engine->module.find_method("features").has_value() &&
                     engine->module.find_method("upscale").has_value();
+    check_weights_are_finite(engine->module);
+    check_network_matches_metadata(engine.get());
     const char* fusion_setting = std::getenv("IEDVR_CPU_FUSION");
     const bool fusion_off = fusion_setting != nullptr && std::string(fusion_setting) == "0";
     if (engine->device.is_cpu() && cpu_fusion::available() && !fusion_off) {
@@ -328,6 +405,9 @@ void apply_cpu_fusion(IedvrEngine* engine) {
   }
 }
 
+// The range input values are clamped to (Window::frame says why).
+constexpr double kInputLow = -1.0, kInputHigh = 2.0;
+
 // The input frames of one window, read from the caller's planes (pointer and stride each) and
 // uploaded to the device in the engine's precision, channels-last, when first needed: frames
 // whose features are all cached are never converted. A frame repeated in the window (at the
@@ -357,6 +437,10 @@ class Window {
                                           torch::TensorOptions().dtype(type_));
       frame[0][c].copy_(plane);
     }
+    // The network was trained on [0, 1]. Values a little outside it (YUV-to-RGB conversions give
+    // them) pass unchanged; far outside, a finite pixel (65504 in RGBH, 3.4e38 in RGBS) would
+    // overflow 16-bit inference into NaN: it is clamped to [-1, 2] first.
+    frame.clamp_(kInputLow, kInputHigh);
     return uploaded_.emplace(numbers_[k], std::move(frame)).first->second;
   }
 
@@ -401,35 +485,89 @@ torch::Tensor upscale_window(IedvrEngine* engine, Window& window, const FeatureC
   return upscale_features(engine, per_frame, crop(window.frame(count / 2), tile));
 }
 
-torch::Tensor run_tiled(IedvrEngine* engine, Window& window, const IedvrTiling& tiling) {
+// Blending weights along one axis for tiles at `origins`: each tile's ramp divided by the sum
+// of all the ramps at that position, so that the weighted tiles add up to the frame and go
+// straight into the output planes: no frame-sized sums. In two dimensions the weights are
+// products of the axes' (the tiles form a grid), so they add up to one there too.
+std::vector<torch::Tensor> axis_weights(int64_t length, int64_t tile,
+                                        const std::vector<int64_t>& origins, int64_t scale) {
+  std::vector<torch::Tensor> ramps;
+  auto total = torch::zeros({length * scale});
+  for (size_t i = 0; i < origins.size(); ++i) {
+    // Fade only where a neighbouring tile overlaps, by the overlap actually shared.
+    const int64_t fade_in = i > 0 ? (origins[i - 1] + tile - origins[i]) * scale : 0;
+    const int64_t fade_out = i + 1 < origins.size() ? (origins[i] + tile - origins[i + 1]) * scale : 0;
+    ramps.push_back(ramp(tile * scale, fade_in, fade_out));
+    total.slice(0, origins[i] * scale, (origins[i] + tile) * scale) += ramps.back();
+  }
+  for (size_t i = 0; i < origins.size(); ++i) {
+    ramps[i] /= total.slice(0, origins[i] * scale, (origins[i] + tile) * scale);
+  }
+  return ramps;
+}
+
+// The caller's output planes as tensors, [height, width] each, float32 or float16.
+using OutputPlanes = std::array<torch::Tensor, 3>;
+OutputPlanes output_planes(const IedvrOutputPlanes& output, bool half, int64_t height,
+                           int64_t width) {
+  const auto type = half ? torch::kHalf : torch::kFloat;
+  const int64_t bytes = half ? 2 : 4;
+  OutputPlanes planes;
+  for (int c = 0; c < 3; ++c) {
+    planes[c] = torch::from_blob(output.data[c], {height, width}, {output.stride[c] / bytes, 1},
+                                 torch::TensorOptions().dtype(type));
+  }
+  return planes;
+}
+
+// A frame (or tile) the network returned: the size the metadata promises, and finite. NaN or
+// infinity cannot come from the input (it is refused, or clamped when finite), so the weights are
+// at fault, or on 16-bit inference the network's values outgrow 16-bit floats.
+struct NonFiniteOutput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+void check_output(const IedvrEngine* engine, const torch::Tensor& result, int64_t width,
+                  int64_t height) {
+  const int64_t scale = engine->info.scale;
+  TORCH_CHECK(result.dim() == 4 && result.size(0) == 1 && result.size(1) == 3 &&
+                  result.size(2) == height * scale && result.size(3) == width * scale,
+              "the model returned ", result.sizes(), " for a ", width, "x", height, " input");
+  if (!torch::isfinite(result).all().item<bool>()) {
+    throw NonFiniteOutput(
+        "the model " + engine->path +
+        " returned NaN or infinite values: its weights are probably damaged or from a training "
+        "run that diverged (input values are clamped to [" + std::to_string(int(kInputLow)) +
+        ", " + std::to_string(int(kInputHigh)) + "], so they are not the cause)" +
+        (engine->dtype == torch::kFloat
+             ? std::string()
+             : "; if fp16=0 gives finite frames, its values outgrow 16-bit floats"));
+  }
+}
+
+// The frame in tiles, each cross-faded into the output planes where it overlaps its neighbours.
+void run_tiled(IedvrEngine* engine, Window& window, const IedvrTiling& tiling,
+               const OutputPlanes& planes) {
   const int64_t height = window.height(), width = window.width(), scale = engine->info.scale;
   const int64_t tile_h = std::min<int64_t>(tiling.tile_height, height);
   const int64_t tile_w = std::min<int64_t>(tiling.tile_width, width);
   const auto ys = tile_origins(height, tile_h, tiling.overlap_y);
   const auto xs = tile_origins(width, tile_w, tiling.overlap_x);
-  auto sum = torch::zeros({1, 3, height * scale, width * scale},
-                          torch::TensorOptions().device(engine->device).dtype(torch::kFloat));
-  auto weights = torch::zeros({1, 1, height * scale, width * scale}, sum.options());
+  const auto weights_y = axis_weights(height, tile_h, ys, scale);
+  const auto weights_x = axis_weights(width, tile_w, xs, scale);
+  for (const auto& plane : planes) plane.zero_();
   for (size_t i = 0; i < ys.size(); ++i) {
     for (size_t j = 0; j < xs.size(); ++j) {
       const int64_t y = ys[i], x = xs[j];
-      const auto upscaled = upscale_window(engine, window, {x, y, tile_w, tile_h}).to(torch::kFloat);
-      // Fade only where a neighbouring tile overlaps, by the overlap actually shared.
-      const int64_t top = i > 0 ? (ys[i - 1] + tile_h - y) * scale : 0;
-      const int64_t bottom = i + 1 < ys.size() ? (y + tile_h - ys[i + 1]) * scale : 0;
-      const int64_t left = j > 0 ? (xs[j - 1] + tile_w - x) * scale : 0;
-      const int64_t right = j + 1 < xs.size() ? (x + tile_w - xs[j + 1]) * scale : 0;
-      const auto weight = (ramp(tile_h * scale, top, bottom).unsqueeze(1) *
-                           ramp(tile_w * scale, left, right).unsqueeze(0))
-                              .to(sum.device())
-                              .view({1, 1, tile_h * scale, tile_w * scale});
-      sum.slice(2, y * scale, (y + tile_h) * scale).slice(3, x * scale, (x + tile_w) * scale) +=
-          upscaled * weight;
-      weights.slice(2, y * scale, (y + tile_h) * scale).slice(3, x * scale, (x + tile_w) * scale) +=
-          weight;
+      const auto upscaled = upscale_window(engine, window, {x, y, tile_w, tile_h});
+      check_output(engine, upscaled, tile_w, tile_h);
+      const auto weight = (weights_y[i].unsqueeze(1) * weights_x[j].unsqueeze(0)).to(upscaled.device());
+      const auto weighted = (upscaled[0].to(torch::kFloat) * weight).to(torch::kCPU);
+      for (int c = 0; c < 3; ++c) {
+        planes[c].slice(0, y * scale, (y + tile_h) * scale).slice(1, x * scale, (x + tile_w) * scale) +=
+            weighted[c];
+      }
     }
   }
-  return sum.div_(weights);  // in place: no third full-size frame
 }
 
 // Out of memory, on any device: CUDA throws c10::OutOfMemoryError, the CPU allocator a plain
@@ -462,21 +600,13 @@ bool smaller_than(const IedvrTiling& a, const IedvrTiling& b, int width, int hei
   return int64_t{a.tile_width} * a.tile_height < int64_t{b.tile_width} * b.tile_height;
 }
 
-torch::Tensor upscale_frame(IedvrEngine* engine, Window& window, const IedvrTiling& tiling) {
+void upscale_frame(IedvrEngine* engine, Window& window, const IedvrTiling& tiling,
+                   const OutputPlanes& planes) {
   const int height = static_cast<int>(window.height()), width = static_cast<int>(window.width());
-  return is_tiled(tiling, width, height) ? run_tiled(engine, window, tiling)
-                                         : upscale_window(engine, window, {0, 0, width, height});
-}
-
-// The upscaled frame [1, 3, H, W] into the caller's planes, converted to their type on the way.
-void write_planes(const torch::Tensor& result, const IedvrOutputPlanes& output, bool half) {
-  const auto type = half ? torch::kHalf : torch::kFloat;
-  const int64_t bytes = half ? 2 : 4, height = result.size(2), width = result.size(3);
-  for (int c = 0; c < 3; ++c) {
-    torch::from_blob(output.data[c], {height, width}, {output.stride[c] / bytes, 1},
-                     torch::TensorOptions().dtype(type))
-        .copy_(result[0][c]);
-  }
+  if (is_tiled(tiling, width, height)) return run_tiled(engine, window, tiling, planes);
+  const auto result = upscale_window(engine, window, {0, 0, width, height});
+  check_output(engine, result, width, height);
+  for (int c = 0; c < 3; ++c) planes[c].copy_(result[0][c]);  // converted to the planes' type
 }
 
 }  // namespace
@@ -487,7 +617,6 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const IedvrPlanes* frames,
                                 char* error, size_t error_size) {
   try {
     const c10::InferenceMode inference;
-    const int scale = engine->info.scale;
     std::lock_guard<std::mutex> lock(engine->mutex);
     const BlockReuse::Scope reuse_blocks;
     IedvrTiling planned = tiling != nullptr ? *tiling : IedvrTiling{0, 0, 0, 0};
@@ -495,23 +624,23 @@ extern "C" int iedvr_engine_run(IedvrEngine* engine, const IedvrPlanes* frames,
       planned = *engine->fallback_tiling;
     }
     Window window(engine, frames, frame_numbers, half != 0, width, height);
-    torch::Tensor result;
+    const auto planes = output_planes(*output, half != 0, int64_t{height} * engine->info.scale,
+                                      int64_t{width} * engine->info.scale);
     try {
-      result = upscale_frame(engine, window, planned);
+      upscale_frame(engine, window, planned, planes);
     } catch (const std::exception& e) {
       if (!is_out_of_memory(e)) throw;
       // The device's free memory changed since the plan (another process, another filter):
       // retry once with tiles half the size; they are kept for the frames that follow.
       const IedvrTiling smaller = smaller_tiles(planned, width, height);
       device_memory::release_cached(engine->device);
-      result = upscale_frame(engine, window, smaller);
+      upscale_frame(engine, window, smaller, planes);
       engine->fallback_tiling = smaller;
     }
-    TORCH_CHECK(result.dim() == 4 && result.size(0) == 1 && result.size(1) == 3 &&
-                    result.size(2) == int64_t{height} * scale && result.size(3) == int64_t{width} * scale,
-                "the model returned ", result.sizes(), " for a ", width, "x", height, " input");
-    write_planes(result, *output, half != 0);
     return 0;
+  } catch (const NonFiniteOutput& e) {
+    write_error(error, error_size, e.what());
+    return -1;
   } catch (const std::exception& e) {
     write_error(error, error_size,
                 is_out_of_memory(e)
@@ -585,32 +714,52 @@ double memory_budget(const torch::Device& device) {
 }  // namespace
 
 extern "C" int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int streams,
-                                 double host_bytes_per_pixel, IedvrPlan* plan, char* error,
-                                 size_t error_size) {
+                                 double host_bytes_per_pixel, const IedvrTiling* given,
+                                 IedvrPlan* plan, char* error, size_t error_size) {
   try {
     std::lock_guard<std::mutex> lock(engine->mutex);
-    memory_plan::Costs costs = measure_costs(engine);
+    memory_plan::Costs costs;
+    try {
+      costs = measure_costs(engine);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("the model failed on the memory plan's trial windows: " + readable(e));
+    }
     const double value_bytes = engine->dtype == torch::kFloat ? 4 : 2;
     const double scale2 = static_cast<double>(engine->info.scale) * engine->info.scale;
-    // Whole-frame buffers of the engine: the window on the device, the output (in float32 on
-    // its way back); the filter's own count where they share the host's memory.
-    costs.frame_per_pixel = engine->info.num_frames * 3 * value_bytes + 3 * 4 * scale2 +
+    // What is never tiled: the window's frames on the device, the filter's own frames where they
+    // share the host's memory (its input frames and the output frame, which tiles are blended
+    // into).
+    costs.frame_per_pixel = engine->info.num_frames * 3 * value_bytes +
                             (engine->device.is_cuda() ? 0 : host_bytes_per_pixel);
-    // Tiles: each one's output in float32 times its blending weight; the frame's sums.
-    costs.tile_per_pixel = 3 * 3 * 4 * scale2;
-    costs.blend_per_pixel = 4 * 4 * scale2;
+    // Each tile's output in float32, its blending weight and their product.
+    costs.tile_per_pixel = (3 + 1 + 3) * 4 * scale2;
     const double budget = memory_budget(engine->device);
     const size_t full_cache = engine->split ? engine->cache->capacity() : 0;
     const size_t window = engine->split ? engine->info.num_frames : 0;
-    memory_plan::Plan chosen;
     const double whole = memory_plan::whole_frame_bytes(width, height, streams, full_cache, costs);
-    if (!memory_plan::choose(width, height, streams, full_cache, window, costs, budget, chosen)) {
+    memory_plan::Plan chosen;
+    if (given != nullptr) {
+      chosen = memory_plan::cache_for_tiles(width, height, given->tile_width, given->tile_height,
+                                            streams, full_cache, window, costs, budget);
+      chosen.overlap_x = given->overlap_x;
+      chosen.overlap_y = given->overlap_y;
+    } else if (!memory_plan::choose(width, height, streams, full_cache, window, costs, budget,
+                                    chosen)) {
+      const double least = memory_plan::least_bytes(width, height, streams, costs);
+      const double untiled = costs.frame_per_pixel * width * height;
       std::ostringstream message;
       message.precision(3);
       message << "not enough memory on " << engine->device.str() << " for " << width << "x"
-              << height << " frames: even " << memory_plan::kMinTile << "x" << memory_plan::kMinTile
-              << " tiles need more than the " << budget / (1 << 30)
-              << " GiB this filter may use (a share of what is free; IEDVR_MAX_MEMORY_MB sets it)";
+              << height << " frames: they need at least " << least / (1 << 30) << " GiB ("
+              << untiled / (1 << 30) << " GiB of it for the " << engine->info.num_frames
+              << " input frames and the x" << engine->info.scale
+              << " output frame, which are never tiled), more than the " << budget / (1 << 30)
+              << " GiB this filter may use ("
+              << (std::getenv("IEDVR_MAX_MEMORY_MB") ? "IEDVR_MAX_MEMORY_MB"
+                  : engine->device.is_cuda()        ? "three quarters of the GPU's free memory"
+                                                    : "a quarter of the memory available")
+              << "): set IEDVR_MAX_MEMORY_MB=" << static_cast<int64_t>(std::ceil(least / (1 << 20)))
+              << " or more if the device has that much, or upscale smaller frames";
       throw std::runtime_error(message.str());
     }
     if (engine->split) engine->cache->set_capacity(chosen.cache_frames);

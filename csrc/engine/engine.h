@@ -56,7 +56,9 @@ int iedvr_engine_run(IedvrEngine* engine, const IedvrPlanes* frames, const int* 
 // the host's available memory on the CPU (VapourSynth's frame cache, other filters and the
 // encoder share it), three quarters of the GPU's free memory on CUDA, or IEDVR_MAX_MEMORY_MB.
 // streams: the engines that run windows at once; host_bytes_per_pixel: the filter's own buffers
-// per input pixel (counted when the engine runs on the CPU). Returns 0, or -1 with a message.
+// per input pixel (counted when the engine runs on the CPU). given: the tiles the user chose
+// (zeros: whole frames), for which only the cache is sized to the budget; null: the plan picks
+// the tiles too. Returns 0, or -1 with a message.
 typedef struct IedvrPlan {
   IedvrTiling tiling;           // zeros: whole frames
   int cache_frames;             // frames whose features the cache keeps
@@ -67,7 +69,8 @@ typedef struct IedvrPlan {
   double cache_bytes_per_pixel; // measured: one frame's features per input pixel
 } IedvrPlan;
 int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int streams,
-                      double host_bytes_per_pixel, IedvrPlan* plan, char* error, size_t error_size);
+                      double host_bytes_per_pixel, const IedvrTiling* given, IedvrPlan* plan,
+                      char* error, size_t error_size);
 
 // How often per-frame features were computed and how often reused from the cache, summed over
 // the engines that share it (for tests and benchmarks).
@@ -86,5 +89,6 @@ typedef void (*IedvrEngineInfo)(const IedvrEngine*, IedvrModelInfo*);
 typedef int (*IedvrEngineRun)(IedvrEngine*, const IedvrPlanes*, const int*, int, int, int,
                               const IedvrTiling*, const IedvrOutputPlanes*, char*, size_t);
 typedef void (*IedvrEngineDestroy)(IedvrEngine*);
-typedef int (*IedvrEnginePlan)(IedvrEngine*, int, int, int, double, IedvrPlan*, char*, size_t);
+typedef int (*IedvrEnginePlan)(IedvrEngine*, int, int, int, double, const IedvrTiling*,
+                               IedvrPlan*, char*, size_t);
 }

@@ -3,8 +3,8 @@
 // (engine.cpp measures them), so that it reads as the rule it is.
 //
 // A window costs `fixed + per_pixel * tile pixels` on each engine (num_streams run at once), the
-// cache `cache_per_pixel * frame pixels` per kept frame, and whole-frame buffers (the input
-// window, the output, the tiles' blending sums) `frame_per_pixel * frame pixels`. Keeping the
+// cache `cache_per_pixel * frame pixels` per kept frame, and the buffers that are never tiled
+// (the input window, the output frame) `frame_per_pixel * frame pixels`. Keeping the
 // cache matters more than big tiles: without it every window extracts its 5 frames' features
 // again (about 1.4x the work), while tiles of 128x128 only add about 14% in their overlaps.
 #pragma once
@@ -21,9 +21,8 @@ struct Costs {
   double fixed = 0;            // bytes per window that do not grow with its size
   double per_pixel = 0;        // bytes per input pixel of a window (or tile), features included
   double cache_per_pixel = 0;  // bytes of one frame's cached features, per input pixel
-  double frame_per_pixel = 0;  // whole-frame buffers besides the windows, per input pixel
+  double frame_per_pixel = 0;  // buffers that are never tiled (input, output), per input pixel
   double tile_per_pixel = 0;   // what tiling adds per input pixel of a tile (blending)
-  double blend_per_pixel = 0;  // what tiling adds per input pixel of the frame (the sums)
 };
 
 struct Plan {
@@ -75,6 +74,19 @@ inline double whole_frame_bytes(int64_t width, int64_t height, int streams, size
          (cache * costs.cache_per_pixel + costs.frame_per_pixel) * pixels;
 }
 
+// What each input pixel of a tile costs, over the engines that run at once.
+inline double per_tile_pixel(int streams, const Costs& costs) {
+  return streams * (costs.per_pixel + costs.tile_per_pixel);
+}
+
+// What tiles of `tile_pixels` take with `cache` frames' features kept.
+inline double tiled_bytes(int64_t width, int64_t height, int streams, size_t cache,
+                          double tile_pixels, const Costs& costs) {
+  const double pixels = static_cast<double>(width) * height;
+  return (cache * costs.cache_per_pixel + costs.frame_per_pixel) * pixels +
+         streams * costs.fixed + per_tile_pixel(streams, costs) * tile_pixels;
+}
+
 // The smallest tile side worth keeping the cache for, and the smallest tile at all.
 constexpr int64_t kMinCachedTile = 128, kMinTile = 16;
 
@@ -97,10 +109,8 @@ inline bool choose(int64_t width, int64_t height, int streams, size_t full_cache
   std::vector<size_t> tiled_caches = caches;
   tiled_caches.push_back(0);
   for (const size_t cache : tiled_caches) {
-    const double frame_bytes =
-        (cache * costs.cache_per_pixel + costs.frame_per_pixel + costs.blend_per_pixel) * pixels;
-    const double per_tile_pixel = streams * (costs.per_pixel + costs.tile_per_pixel);
-    const double tile_pixels = (budget - frame_bytes - streams * costs.fixed) / per_tile_pixel;
+    const double tile_pixels =
+        (budget - tiled_bytes(width, height, streams, cache, 0, costs)) / per_tile_pixel(streams, costs);
     const int64_t min_side = cache > 0 ? kMinCachedTile : kMinTile;
     const double min_pixels = static_cast<double>(std::min(min_side, width)) *
                               static_cast<double>(std::min(min_side, height));
@@ -108,11 +118,39 @@ inline bool choose(int64_t width, int64_t height, int streams, size_t full_cache
     plan = Plan{};
     plan.cache_frames = cache;
     shape_tiles(width, height, tile_pixels, plan);
-    plan.bytes = frame_bytes + streams * costs.fixed +
-                 per_tile_pixel * static_cast<double>(plan.tile_width * plan.tile_height);
+    plan.bytes = tiled_bytes(width, height, streams, cache,
+                             static_cast<double>(plan.tile_width * plan.tile_height), costs);
     return true;
   }
   return false;
+}
+
+// The memory that no plan can make smaller: the buffers that are never tiled and the smallest
+// tiles, without a cache. Above the budget, the message says this, not the tiles, is too much.
+inline double least_bytes(int64_t width, int64_t height, int streams, const Costs& costs) {
+  const double least_tile = static_cast<double>(std::min(kMinTile, width) * std::min(kMinTile, height));
+  return tiled_bytes(width, height, streams, 0, least_tile, costs);
+}
+
+// For tiles the user gave (`tile_width` 0: whole frames): the largest cache that fits the
+// budget, of the full one, one window's and none; none where even that does not fit (the tiles
+// are used as given).
+inline Plan cache_for_tiles(int64_t width, int64_t height, int64_t tile_width, int64_t tile_height,
+                            int streams, size_t full_cache, size_t window, const Costs& costs,
+                            double budget) {
+  const bool whole = tile_width == 0 || (tile_width >= width && tile_height >= height);
+  const double tile_pixels = static_cast<double>(std::min(tile_width, width)) *
+                             static_cast<double>(std::min(tile_height, height));
+  Plan plan;
+  plan.tile_width = tile_width;
+  plan.tile_height = tile_height;
+  for (const size_t cache : {full_cache, std::min(window, full_cache), size_t{0}}) {
+    plan.cache_frames = cache;
+    plan.bytes = whole ? whole_frame_bytes(width, height, streams, cache, costs)
+                       : tiled_bytes(width, height, streams, cache, tile_pixels, costs);
+    if (plan.bytes <= budget) break;
+  }
+  return plan;
 }
 
 }  // namespace memory_plan

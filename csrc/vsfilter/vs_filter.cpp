@@ -93,9 +93,9 @@ class EnginePool {
   IedvrEngine* any() const { return engines_.front(); }
   int size() const { return static_cast<int>(engines_.size()); }
 
-  int plan(int width, int height, double host_bytes_per_pixel, IedvrPlan* plan, char* error,
-           size_t error_size) {
-    return library_->plan(any(), width, height, size(), host_bytes_per_pixel, plan, error,
+  int plan(int width, int height, double host_bytes_per_pixel, const IedvrTiling* given,
+           IedvrPlan* plan, char* error, size_t error_size) {
+    return library_->plan(any(), width, height, size(), host_bytes_per_pixel, given, plan, error,
                           error_size);
   }
 
@@ -134,9 +134,10 @@ struct UpscaleData {
   std::unique_ptr<EnginePool> engines;
   IedvrModelInfo model{};
   IedvrTiling tiling{};  // zeros: whole frames
-  // Without tilesize, tiles come from the memory plan, made before the first frame is computed
-  // (not when the script is evaluated: `vspipe --info` need not pay for it).
-  bool plan_memory = false;
+  // The memory plan, made before the first frame is computed (not when the script is evaluated:
+  // `vspipe --info` need not pay for it), picks the tiles when tilesize is not given, and in any
+  // case how many frames' features the cache keeps.
+  bool tiles_given = false;
   std::once_flag planned;
   std::string plan_error;
   Border border = Border::reflect;
@@ -158,7 +159,8 @@ void plan_memory(UpscaleData* d, VSCore* core, const VSAPI* vsapi) {
   const double host_bytes_per_pixel = (1.0 * d->model.num_frames * 3 + 3.0 * scale2) * bytes;
   IedvrPlan plan{};
   char error[1024] = {0};
-  if (d->engines->plan(width, height, host_bytes_per_pixel, &plan, error, sizeof error) != 0) {
+  if (d->engines->plan(width, height, host_bytes_per_pixel, d->tiles_given ? &d->tiling : nullptr,
+                       &plan, error, sizeof error) != 0) {
     d->plan_error = error;
     return;
   }
@@ -169,7 +171,8 @@ void plan_memory(UpscaleData* d, VSCore* core, const VSAPI* vsapi) {
     message += "in tiles of " + std::to_string(plan.tiling.tile_width) + "x" +
                std::to_string(plan.tiling.tile_height) + " overlapping by " +
                std::to_string(plan.tiling.overlap_x) + "x" + std::to_string(plan.tiling.overlap_y) +
-               ", features of " + std::to_string(plan.cache_frames) + " frames cached: about " +
+               (d->tiles_given ? " (tilesize)" : "") + ", features of " +
+               std::to_string(plan.cache_frames) + " frames cached: about " +
                mebibytes(plan.planned_bytes) + " (whole frames would take " +
                mebibytes(plan.whole_frame_bytes) + ")";
   } else {
@@ -228,12 +231,10 @@ const VSFrame* VS_CC upscale_get_frame(int n, int reason, void* instance, void**
     return nullptr;
   }
   if (reason != arAllFramesReady) return nullptr;
-  if (d->plan_memory) {
-    std::call_once(d->planned, plan_memory, d, core, vsapi);
-    if (!d->plan_error.empty()) {
-      vsapi->setFilterError((std::string(kName) + ": " + d->plan_error).c_str(), context);
-      return nullptr;
-    }
+  std::call_once(d->planned, plan_memory, d, core, vsapi);
+  if (!d->plan_error.empty()) {
+    vsapi->setFilterError((std::string(kName) + ": " + d->plan_error).c_str(), context);
+    return nullptr;
   }
 
   std::map<int, const VSFrame*> frames;
@@ -407,24 +408,25 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
                   std::to_string(d->tiling.tile_width) + "x" + std::to_string(d->tiling.tile_height));
     }
     // Without overlap=: 8 pixels, or less for small tiles (under half the tile, as required).
-    const auto default_overlap = [](int tile) { return memory_plan::default_overlap(tile); };
-    d->tiling.overlap_x = overlap_values > 0 ? vsapi->mapGetIntSaturated(in, "overlap", 0, nullptr)
-                                             : default_overlap(d->tiling.tile_width);
-    d->tiling.overlap_y = overlap_values > 0
-                              ? vsapi->mapGetIntSaturated(in, "overlap", overlap_values - 1, nullptr)
-                              : default_overlap(d->tiling.tile_height);
-    if (!whole_frames && (d->tiling.overlap_x < 0 || d->tiling.overlap_y < 0 ||
-                          2 * d->tiling.overlap_x >= d->tiling.tile_width ||
-                          2 * d->tiling.overlap_y >= d->tiling.tile_height)) {
+    // Read as 64-bit and checked before narrowing: 2 * overlap must not overflow.
+    const int64_t overlap_x = overlap_values > 0 ? vsapi->mapGetInt(in, "overlap", 0, nullptr)
+                                                 : memory_plan::default_overlap(d->tiling.tile_width);
+    const int64_t overlap_y = overlap_values > 0
+                                  ? vsapi->mapGetInt(in, "overlap", overlap_values - 1, nullptr)
+                                  : memory_plan::default_overlap(d->tiling.tile_height);
+    if (!whole_frames && (overlap_x < 0 || overlap_y < 0 || overlap_x >= d->tiling.tile_width ||
+                          overlap_y >= d->tiling.tile_height ||
+                          2 * overlap_x >= d->tiling.tile_width ||
+                          2 * overlap_y >= d->tiling.tile_height)) {
       return fail("overlap must be at least 0 and less than half the tile size, got " +
-                  std::to_string(d->tiling.overlap_x) + "x" + std::to_string(d->tiling.overlap_y) +
-                  " for tiles of " + std::to_string(d->tiling.tile_width) + "x" +
-                  std::to_string(d->tiling.tile_height));
+                  std::to_string(overlap_x) + "x" + std::to_string(overlap_y) + " for tiles of " +
+                  std::to_string(d->tiling.tile_width) + "x" + std::to_string(d->tiling.tile_height));
     }
+    d->tiling.overlap_x = static_cast<int>(overlap_x);
+    d->tiling.overlap_y = static_cast<int>(overlap_y);
+    d->tiles_given = true;
   } else if (vsapi->mapNumElements(in, "overlap") > 0) {
     return fail("overlap needs tilesize");
-  } else {
-    d->plan_memory = true;
   }
 
   const int64_t num_streams = vsapi->mapGetInt(in, "num_streams", 0, &error);
