@@ -26,7 +26,7 @@ UNPLANNED_MIB = 250
 # needs, more than tiles of half its size.
 OOM_HEADROOM_MIB = 650
 PLAN = re.compile(r"Upscale: (\d+)x(\d+) frames (?:whole|in tiles of (\d+)x(\d+) overlapping by "
-                  r"(\d+)x(\d+)), features of (\d+) frames cached: about ([\d.]+) MiB.* of the "
+                  r"(\d+)x(\d+)(?: \(tilesize\))?), features of (\d+) frames cached: about ([\d.]+) MiB.* of the "
                   r"([\d.]+) MiB it may use; measured (\d+) bytes per input pixel of a window, "
                   r"(\d+) per cached frame")
 
@@ -100,15 +100,48 @@ def test_the_cache_shrinks_before_the_tiles_do(small_model, monkeypatch):
     assert int(plan[7]) == 5, plan[0]
 
 
-@pytest.mark.parametrize("budget, message", [
-    ("0.01", r"not enough memory on cpu for 96x72 frames: even 16x16 tiles need more than"),
-    ("lots", r'IEDVR_MAX_MEMORY_MB must be a positive number of megabytes, got "lots"'),
-])
-def test_impossible_budgets_are_frame_errors(small_model, monkeypatch, budget, message):
-    monkeypatch.setenv("IEDVR_MAX_MEMORY_MB", budget)
+def test_impossible_budgets_are_frame_errors(small_model, monkeypatch):
+    monkeypatch.setenv("IEDVR_MAX_MEMORY_MB", "lots")
     clip = clip_of(smooth_frames(height=72, width=96))
-    with pytest.raises(vs.Error, match=message):
+    with pytest.raises(vs.Error, match=r'IEDVR_MAX_MEMORY_MB must be a positive number of megabytes, got "lots"'):
         core.iedvr.Upscale(clip, model=small_model, device_index=-1).get_frame(2)
+
+
+def test_a_budget_too_small_says_what_does_not_fit_and_what_to_set(small_model, monkeypatch):
+    monkeypatch.setenv("IEDVR_MAX_MEMORY_MB", "0.01")
+    clip = clip_of(smooth_frames(height=72, width=96))
+    with pytest.raises(vs.Error) as refused:
+        core.iedvr.Upscale(clip, model=small_model, device_index=-1).get_frame(2)
+    found = re.search(r"not enough memory on cpu for 96x72 frames: they need at least ([\d.]+) MiB, "
+                      r"([\d.]+) MiB of it for the 5 input frames and the x4 output frame, which are "
+                      r"never tiled; this filter may use 0.0 MiB \(IEDVR_MAX_MEMORY_MB\): set "
+                      r"IEDVR_MAX_MEMORY_MB=(\d+) or more", str(refused.value))
+    assert found, refused.value
+    least, untiled, advice = float(found[1]), float(found[2]), int(found[3])
+    # What is never tiled: 5 RGBS input frames and the x4 output frame, 4 bytes a value.
+    assert untiled >= (5 * 3 + 16 * 3) * 4 * 96 * 72 / 2**20 * 0.999
+    assert least > untiled and advice >= least
+    # The advice is enough: the smallest tiles.
+    _, plan = planned_frame(clip, monkeypatch, advice, model=small_model)
+    assert int(plan[3]) <= 32 and int(plan[4]) <= 32 and int(plan[7]) == 0, plan[0]
+
+
+def test_given_tiles_keep_only_the_cache_the_budget_has_room_for(small_model, monkeypatch):
+    # With tilesize the cache used to keep (frames + 2) whole frames' features whatever the
+    # budget (18 GB at 3840x2160 with 512x512 tiles).
+    clip = clip_of(smooth_frames(height=72, width=96))
+    given = {"tilesize": [48, 40], "overlap": [8, 8]}
+    roomy, roomy_plan = planned_frame(clip, model=small_model, **given)
+    assert roomy_plan[0].startswith("Upscale: 96x72 frames in tiles of 48x40 overlapping by 8x8 "
+                                    "(tilesize), features of 7 frames cached"), roomy_plan[0]
+    cached_frame_mib = int(roomy_plan[11]) * 96 * 72 / 2**20
+    tight_mib = float(roomy_plan[8]) - 1.5 * cached_frame_mib  # room for 5 frames, not 7
+    tight, tight_plan = planned_frame(clip, monkeypatch, tight_mib, model=small_model, **given)
+    assert (int(tight_plan[3]), int(tight_plan[4]), int(tight_plan[7])) == (48, 40, 5), tight_plan[0]
+    starved, starved_plan = planned_frame(clip, monkeypatch, 0.01, model=small_model, **given)
+    assert int(starved_plan[7]) == 0, starved_plan[0]  # the given tiles still run
+    for frame in (tight, starved):
+        np.testing.assert_array_equal(frame, roomy)
 
 
 def test_tilesize_0_with_overlap_is_refused(small_model):

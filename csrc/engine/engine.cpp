@@ -697,6 +697,17 @@ memory_plan::Costs measure_costs(IedvrEngine* engine) {
   return costs;
 }
 
+// "512.0 MiB", "5.43 GiB".
+std::string memory_text(double bytes) {
+  char text[32];
+  if (bytes < double(1 << 30)) {
+    std::snprintf(text, sizeof text, "%.1f MiB", bytes / (1 << 20));
+  } else {
+    std::snprintf(text, sizeof text, "%.2f GiB", bytes / (1 << 30));
+  }
+  return text;
+}
+
 // The budget: IEDVR_MAX_MEMORY_MB, else a share of what the device has free.
 double memory_budget(const torch::Device& device) {
   if (const char* limit = std::getenv("IEDVR_MAX_MEMORY_MB")) {
@@ -747,18 +758,17 @@ extern "C" int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int
                                     chosen)) {
       const double least = memory_plan::least_bytes(width, height, streams, costs);
       const double untiled = costs.frame_per_pixel * width * height;
+      const char* source = std::getenv("IEDVR_MAX_MEMORY_MB") ? "IEDVR_MAX_MEMORY_MB"
+                           : engine->device.is_cuda() ? "three quarters of the GPU's free memory"
+                                                      : "a quarter of the memory available";
       std::ostringstream message;
-      message.precision(3);
       message << "not enough memory on " << engine->device.str() << " for " << width << "x"
-              << height << " frames: they need at least " << least / (1 << 30) << " GiB ("
-              << untiled / (1 << 30) << " GiB of it for the " << engine->info.num_frames
+              << height << " frames: they need at least " << memory_text(least) << ", "
+              << memory_text(untiled) << " of it for the " << engine->info.num_frames
               << " input frames and the x" << engine->info.scale
-              << " output frame, which are never tiled), more than the " << budget / (1 << 30)
-              << " GiB this filter may use ("
-              << (std::getenv("IEDVR_MAX_MEMORY_MB") ? "IEDVR_MAX_MEMORY_MB"
-                  : engine->device.is_cuda()        ? "three quarters of the GPU's free memory"
-                                                    : "a quarter of the memory available")
-              << "): set IEDVR_MAX_MEMORY_MB=" << static_cast<int64_t>(std::ceil(least / (1 << 20)))
+              << " output frame, which are never tiled; this filter may use "
+              << memory_text(budget) << " (" << source << "): set IEDVR_MAX_MEMORY_MB="
+              << static_cast<int64_t>(std::ceil(least / (1 << 20)))
               << " or more if the device has that much, or upscale smaller frames";
       throw std::runtime_error(message.str());
     }
