@@ -40,13 +40,16 @@ CHILD = textwrap.dedent("""
         arguments["model"] = model
     start = time.perf_counter()
     up = core.iedvr.Upscale(clip, **arguments)
+    # The base: libtorch, the model and the source frames' filter loaded, before the plan.
+    base_kib = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
     frame = up.get_frame(2)
     seconds = time.perf_counter() - start
     digest = hashlib.sha256(b"".join(bytes(frame[p]) for p in range(3))).hexdigest()
     status = open("/proc/self/status").read()
     peak_kib = int(status.split("VmHWM:")[1].split()[0])
     plan = next((m for m in messages if m.startswith("Upscale:")), "")
-    sys.stderr.write(json.dumps({"peak": peak_kib * 1024, "seconds": seconds, "plan": plan,
+    sys.stderr.write(json.dumps({"peak": peak_kib * 1024, "base": base_kib * 1024,
+                                 "seconds": seconds, "plan": plan,
                                  "sha256": digest}) + "\\n")
 """)
 
@@ -84,8 +87,8 @@ def main():
     fp16 = 1 if args.fp16 else 0
     print(f"precision: {'bfloat16' if fp16 else 'float32'}, CPU; memory available now: "
           f"{gib(available_bytes())} GiB")
-    print("| input | mode | plan | estimate GiB | peak RSS GiB | s |")
-    print("|---|---|---|---|---|---|")
+    print("| input | mode | plan | estimate GiB | peak RSS GiB | above base GiB | above base / estimate | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         width, height = map(int, size.split("x"))
         planned = run(width, height, fp16, None, args.model)
@@ -96,11 +99,13 @@ def main():
         estimate = re.search(r"about ([\d.]+) MiB", plan)
         whole_estimate = re.search(r"whole frames would take ([\d.]+) MiB", plan)
         if "error" in planned:
-            print(f"| {size} | plan | failed: {planned['error']} | | | |")
+            print(f"| {size} | plan | failed: {planned['error']} | | | | | |")
         else:
-            print(f"| {size} | plan (no tilesize) | {description} | "
-                  f"{float(estimate[1]) / 1024 if estimate else float('nan'):.2f} "
-                  f"| {gib(planned['peak'])} | {planned['seconds']:.1f} |")
+            estimate_bytes = float(estimate[1]) * 2**20 if estimate else float("nan")
+            above = planned["peak"] - planned["base"]
+            print(f"| {size} | plan (no tilesize) | {description} | {gib(estimate_bytes)} "
+                  f"| {gib(planned['peak'])} | {gib(above)} | {above / estimate_bytes:.2f} "
+                  f"| {planned['seconds']:.1f} |")
         whole_mib = float(whole_estimate[1]) if whole_estimate else (float(estimate[1]) if estimate else 0)
         whole_gib = whole_mib / 1024
         if tiles and args.check_tiles and "error" not in planned:
@@ -109,19 +114,20 @@ def main():
             same = explicit.get("sha256") == planned["sha256"]
             print(f"| {size} | explicit tilesize={tiles[1]}, overlap={tiles[2]} | "
                   f"{'the same frame' if same else 'A DIFFERENT FRAME'} | | "
-                  f"{gib(explicit.get('peak', 0))} | {explicit.get('seconds', 0):.1f} |")
+                  f"{gib(explicit.get('peak', 0))} | | | {explicit.get('seconds', 0):.1f} |")
         if tiles is None and "error" not in planned:
             continue  # the plan already ran whole frames
         if whole_gib * 2**30 > available_bytes() / 2:
             print(f"| {size} | whole (tilesize=0) | skipped: estimated {whole_gib:.2f} GiB | "
-                  f"{whole_gib:.2f} | | |")
+                  f"{whole_gib:.2f} | | | | |")
             continue
         whole = run(width, height, fp16, 0, args.model)
         if "error" in whole:
-            print(f"| {size} | whole (tilesize=0) | failed: {whole['error']} | | | |")
+            print(f"| {size} | whole (tilesize=0) | failed: {whole['error']} | | | | | |")
         else:
+            above = whole["peak"] - whole["base"]
             print(f"| {size} | whole (tilesize=0) | whole | {whole_gib:.2f} | {gib(whole['peak'])} "
-                  f"| {whole['seconds']:.1f} |")
+                  f"| {gib(above)} | {above / (whole_gib * 2**30):.2f} | {whole['seconds']:.1f} |")
 
 
 if __name__ == "__main__":
