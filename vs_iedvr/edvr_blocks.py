@@ -152,6 +152,41 @@ class PCDAlignment(nn.Module):
         return leaky_relu(self.cas_dcnpack(feat, offset))
 
 
+class PredeblurModule(nn.Module):
+    """EDVR's pre-deblurring feature extractor, for blurred input: a small pyramid of residual
+    blocks whose coarse levels are upsampled into the fine one. With `hr_in` the input is at the
+    output's size and two stride-2 convolutions bring it down by 4 first."""
+
+    def __init__(self, num_in_ch: int = 3, num_feat: int = 64, hr_in: bool = False):
+        super().__init__()
+        self.hr_in = hr_in
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        if hr_in:
+            self.stride_conv_hr1 = nn.Conv2d(num_feat, num_feat, 3, 2, 1)
+            self.stride_conv_hr2 = nn.Conv2d(num_feat, num_feat, 3, 2, 1)
+        self.stride_conv_l2 = nn.Conv2d(num_feat, num_feat, 3, 2, 1)
+        self.stride_conv_l3 = nn.Conv2d(num_feat, num_feat, 3, 2, 1)
+        self.resblock_l3 = ResidualBlockNoBN(num_feat)
+        self.resblock_l2_1 = ResidualBlockNoBN(num_feat)
+        self.resblock_l2_2 = ResidualBlockNoBN(num_feat)
+        self.resblock_l1 = nn.ModuleList([ResidualBlockNoBN(num_feat) for _ in range(5)])
+
+    def forward(self, x):
+        feat_l1 = leaky_relu(self.conv_first(x))
+        if self.hr_in:
+            feat_l1 = leaky_relu(self.stride_conv_hr2(leaky_relu(self.stride_conv_hr1(feat_l1))))
+        feat_l2 = leaky_relu(self.stride_conv_l2(feat_l1))
+        feat_l3 = leaky_relu(self.stride_conv_l3(feat_l2))
+        feat_l3 = upsample2(self.resblock_l3(feat_l3))
+        feat_l2 = upsample2(self.resblock_l2_2(self.resblock_l2_1(feat_l2) + feat_l3))
+        for block in self.resblock_l1[:2]:
+            feat_l1 = block(feat_l1)
+        feat_l1 = feat_l1 + feat_l2
+        for block in self.resblock_l1[2:]:
+            feat_l1 = block(feat_l1)
+        return feat_l1
+
+
 class TSAFusion(nn.Module):
     """EDVR's temporal and spatial attention fusion: [B, T, C, H, W] -> [B, C, H, W]."""
 

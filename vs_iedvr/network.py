@@ -1,13 +1,15 @@
 """The network: the improved EDVR and, as configurations of the same class, the EDVR baselines
-and the paper's ablations.
+(every layout of BasicSR's EDVR: any odd frame count, with or without TSA, with the pre-deblurring
+module, and restoration at the input's size) and the paper's ablations.
 
     net = build("iedvr-m")                    # the paper's model: 64 features, 5 frames, x4
     net = build("edvr-m")                     # BasicSR's EDVR-M: its checkpoints load strictly
     net = build("iedvr-m", fusion="tsa")      # an ablation
     out = net(frames)                         # [B, T, 3, H, W] in [0, 1] -> [B, 3, sH, sW]
 
-H and W must be multiples of 4 (three pyramid levels); model_file.py wraps the network with the
-padding and cropping that lift this for the plugin.
+H and W must be multiples of 4 (three pyramid levels; 16 for scale 1, which works at a quarter of
+the input's size); model_file.py wraps the network with the padding and cropping that lift this
+for the plugin.
 """
 
 from dataclasses import dataclass, fields, replace
@@ -16,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .edvr_blocks import PCDAlignment, ResidualBlockNoBN, TSAFusion, leaky_relu, make_layer
+from .edvr_blocks import (PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, leaky_relu,
+                          make_layer)
 from .iedvr_blocks import ChannelAttentionBlock, FeaturePreprocessing, Temporal3DFusion
 
+# Input height and width are multiples of this at scales 2 and 4 (NetworkConfig.size_multiple).
 SIZE_MULTIPLE = 4
 
 
@@ -29,26 +33,32 @@ class NetworkConfig:
     scale: int = 4
     deformable_groups: int = 8
     # Feature extraction: "rigid" (the paper's preprocessing and enhancement), "edvr" (a convolution
-    # and residual blocks) or "none" (a convolution only: the paper's identity ablation).
+    # and residual blocks), "predeblur" (EDVR's pre-deblurring module, a 1x1 convolution and the
+    # residual blocks) or "none" (a convolution only: the paper's identity ablation).
     preprocessing: str = "rigid"
     rigid_widths: tuple[int, ...] = (16, 32, 64)  # Config-1 blocks; the last is num_feat
     num_rigid_keep: int = 2  # Config-2 blocks
     num_enhance_block: int = 7
     num_extract_block: int = 5  # residual blocks of "edvr" extraction
-    fusion: str = "t3d"  # "t3d" (temporal 3D fusion) or "tsa" (EDVR's)
+    # "t3d" (temporal 3D fusion), "tsa" (EDVR's attention) or "conv" (EDVR without TSA: a 1x1
+    # convolution over the frames' features side by side)
+    fusion: str = "t3d"
     num_fusion_block: int = 3
     reconstruction: str = "ca"  # "ca" (channel-attention blocks) or "rb" (EDVR's residual blocks)
     num_reconstruct_block: int = 10
     attention_reduction: int = 4
 
     def __post_init__(self):
-        choices = {"preprocessing": ("rigid", "edvr", "none"), "fusion": ("t3d", "tsa"),
-                   "reconstruction": ("ca", "rb")}
+        choices = {"preprocessing": ("rigid", "edvr", "predeblur", "none"),
+                   "fusion": ("t3d", "tsa", "conv"), "reconstruction": ("ca", "rb")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.scale not in (2, 4):
-            raise ValueError(f"scale must be 2 or 4, got {self.scale}")
+        if self.scale not in (1, 2, 4):
+            raise ValueError(f"scale must be 1, 2 or 4, got {self.scale}")
+        if self.scale == 1 and self.preprocessing != "predeblur":
+            raise ValueError("scale 1 (restoration at the input's size) needs preprocessing "
+                             "\"predeblur\", whose stride-2 convolutions bring the input down by 4")
         if self.num_frame < 3 or self.num_frame % 2 == 0:
             raise ValueError(f"num_frame must be odd and >= 3, got {self.num_frame}")
         if self.preprocessing == "rigid" and self.rigid_widths[-1] != self.num_feat:
@@ -59,6 +69,18 @@ class NetworkConfig:
     @property
     def center(self) -> int:
         return self.num_frame // 2
+
+    @property
+    def upsampling(self) -> int:
+        """What the upsampler multiplies the features' size by: x4 also for scale 1, whose
+        features are at a quarter of the input's size."""
+        return 2 if self.scale == 2 else 4
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this: three pyramid levels, and two more
+        halvings at scale 1."""
+        return 4 * SIZE_MULTIPLE if self.scale == 1 else SIZE_MULTIPLE
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -92,6 +114,11 @@ class IEDVR(nn.Module):
         if config.preprocessing == "rigid":
             self.preprocess = FeaturePreprocessing(3, config.rigid_widths, config.num_rigid_keep,
                                                    config.num_enhance_block)
+        elif config.preprocessing == "predeblur":
+            self.predeblur = PredeblurModule(num_feat=c, hr_in=config.scale == 1)
+            self.conv_1x1 = nn.Conv2d(c, c, 1, 1)
+            self.feature_extraction = make_layer(ResidualBlockNoBN, config.num_extract_block,
+                                                 num_feat=c)
         else:
             self.conv_first = nn.Conv2d(3, c, 3, 1, 1)
             if config.preprocessing == "edvr":
@@ -104,6 +131,8 @@ class IEDVR(nn.Module):
         self.pcd_align = PCDAlignment(c, config.deformable_groups)
         if config.fusion == "tsa":
             self.fusion = TSAFusion(c, config.num_frame, config.center)
+        elif config.fusion == "conv":
+            self.fusion = nn.Conv2d(config.num_frame * c, c, 1, 1)
         else:
             self.fusion = Temporal3DFusion(c, config.num_frame, config.num_fusion_block)
         if config.reconstruction == "rb":
@@ -114,16 +143,18 @@ class IEDVR(nn.Module):
                                              num_feat=c, reduction=config.attention_reduction)
         # BasicSR's upsampler: x4 is two pixel-shuffle stages ending at 64 channels.
         self.upconv1 = nn.Conv2d(c, c * 4, 3, 1, 1)
-        if config.scale == 4:
+        if config.upsampling == 4:
             self.upconv2 = nn.Conv2d(c, 64 * 4, 3, 1, 1)
         self.pixel_shuffle = nn.PixelShuffle(2)
-        self.conv_hr = nn.Conv2d(64 if config.scale == 4 else c, 64, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(64 if config.upsampling == 4 else c, 64, 3, 1, 1)
         self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
 
     def extract_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-frame work: [N, 3, H, W] -> the three pyramid levels of features."""
         if self.config.preprocessing == "rigid":
             l1 = self.preprocess(frames)
+        elif self.config.preprocessing == "predeblur":
+            l1 = self.feature_extraction(self.conv_1x1(self.predeblur(frames)))
         else:
             l1 = leaky_relu(self.conv_first(frames))
             if self.config.preprocessing == "edvr":
@@ -157,11 +188,15 @@ class IEDVR(nn.Module):
                                                     reference_terms)
                        for i in range(self.config.num_frame)]
         aligned = torch.stack(aligned, dim=1)
+        if self.config.fusion == "conv":
+            aligned = aligned.flatten(1, 2)
         out = self.reconstruction(self.fusion(aligned))
         out = leaky_relu(self.pixel_shuffle(self.upconv1(out)))
-        if self.config.scale == 4:
+        if self.config.upsampling == 4:
             out = leaky_relu(self.pixel_shuffle(self.upconv2(out)))
         out = self.conv_last(leaky_relu(self.conv_hr(out)))
+        if self.config.scale == 1:
+            return out + center_frame
         base = F.interpolate(center_frame, scale_factor=self.config.scale, mode="bilinear",
                              align_corners=False)
         return out + base
@@ -178,8 +213,9 @@ def check_input(frames: torch.Tensor, config: NetworkConfig) -> None:
     if frames.dim() != 5 or frames.shape[1] != config.num_frame or frames.shape[2] != 3:
         raise ValueError(f"frames must have shape [batch, {config.num_frame}, 3, height, width], "
                          f"got {list(frames.shape)}")
-    if frames.shape[3] % SIZE_MULTIPLE or frames.shape[4] % SIZE_MULTIPLE:
-        raise ValueError(f"height and width must be multiples of {SIZE_MULTIPLE}, got "
+    multiple = config.size_multiple
+    if frames.shape[3] % multiple or frames.shape[4] % multiple:
+        raise ValueError(f"height and width must be multiples of {multiple}, got "
                          f"{frames.shape[3]}x{frames.shape[4]}; pad the frames (the model file "
                          "and the plugin do it for you)")
 

@@ -1,0 +1,80 @@
+"""BasicSR's own EDVR (basicsr 1.4.2, from its source distribution on PyPI) as the oracle of the
+EDVR layouts: its edvr_arch.py and arch_util.py loaded alone, with small stand-ins for the
+package's registry and logger. Its compiled-ops package is its own deform_conv.py, which imports
+without the compiled extension; DCNv2Pack then calls torchvision's deform_conv2d (torchvision of
+torch's release is a test dependency). arch_util's `distutils` import is served by setuptools'
+shim on Python >= 3.12.
+
+    edvr = basicsr_edvr()            # the module basicsr.archs.edvr_arch, or pytest.skip
+    network = edvr.EDVR(num_frame=7, ...)
+"""
+
+import importlib.util
+import subprocess
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import pytest
+
+VERSION = "1.4.2"
+CACHE = Path.home() / ".cache" / "vs-iedvr-tests"
+
+
+def source_folder() -> Path:
+    """basicsr/ of the source distribution, downloaded once into the cache."""
+    folder = CACHE / f"basicsr-{VERSION}"
+    if not (folder / "basicsr" / "archs" / "edvr_arch.py").is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        # pip saves the archive, then may fail to prepare its metadata (basicsr's build needs
+        # torch in isolation): the archive is what counts.
+        download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                                   f"basicsr=={VERSION}", "-d", str(CACHE)],
+                                  capture_output=True, text=True, timeout=300)
+        archive = CACHE / f"basicsr-{VERSION}.tar.gz"
+        if not archive.is_file():
+            pytest.skip(f"basicsr {VERSION}'s source distribution could not be downloaded from "
+                        f"PyPI: {(download.stderr.strip().splitlines() or ['?'])[-1]}")
+        with tarfile.open(archive) as tar:
+            tar.extractall(CACHE, filter="data")
+    return folder / "basicsr"
+
+
+def _load(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _package(name: str, path: Path | None = None) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__path__ = [str(path)] if path else []
+    sys.modules[name] = module
+    return module
+
+
+def basicsr_edvr() -> types.ModuleType:
+    pytest.importorskip("torchvision", reason="torchvision (BasicSR's deformable convolution) is "
+                        "not installed: `pip install torchvision` of torch's release")
+    if "basicsr.archs.edvr_arch" in sys.modules:
+        return sys.modules["basicsr.archs.edvr_arch"]
+    pytest.importorskip("setuptools", reason="arch_util imports distutils, which setuptools serves")
+    import setuptools  # noqa: F401  (installs the distutils shim)
+    root = source_folder()
+    _package("basicsr", root)
+    utils = _package("basicsr.utils")
+    utils.get_root_logger = lambda *args, **kwargs: __import__("logging").getLogger("basicsr")
+    registry = types.ModuleType("basicsr.utils.registry")
+    registry.ARCH_REGISTRY = types.SimpleNamespace(register=lambda *args: (lambda cls: cls))
+    sys.modules["basicsr.utils.registry"] = registry
+    _package("basicsr.ops", root / "ops")
+    dcn = _package("basicsr.ops.dcn", root / "ops" / "dcn")
+    deform_conv = _load("basicsr.ops.dcn.deform_conv", root / "ops" / "dcn" / "deform_conv.py")
+    for name in ("ModulatedDeformConvPack", "modulated_deform_conv"):
+        setattr(dcn, name, getattr(deform_conv, name))
+    _package("basicsr.archs", root / "archs")
+    _load("basicsr.archs.arch_util", root / "archs" / "arch_util.py")
+    return _load("basicsr.archs.edvr_arch", root / "archs" / "edvr_arch.py")

@@ -1,0 +1,98 @@
+"""The configuration of an EDVR checkpoint read from its state dict, so that every layout of
+BasicSR's EDVR loads by naming the file alone: the feature count, the frame count, TSA or a plain
+fusion convolution, the pre-deblurring module, restoration at the input's size (hr_in) and the
+block counts.
+
+    config = edvr_config(state)          # NetworkConfig, or CheckpointLayoutError
+    arch = edvr_arch_name(config)        # "edvr-m", "edvr-l" or "edvr"
+
+BasicSR's option files (options/test/EDVR/*.yml) give the official models' settings; each one is
+a combination of what is read here.
+"""
+
+import re
+
+import torch
+
+from .network import PRESETS, IEDVR, NetworkConfig
+
+# The block counts are read from the keys; everything else from a shape.
+TAPS = 9  # the deformable convolutions' 3x3 kernel
+
+
+class CheckpointLayoutError(ValueError):
+    """A state dict that is no layout of EDVR this network builds."""
+
+
+def _count(state: dict, pattern: str) -> int:
+    found = {int(m[1]) for key in state if (m := re.fullmatch(pattern, key))}
+    return max(found) + 1 if found else 0
+
+
+def edvr_config(state: dict[str, torch.Tensor]) -> NetworkConfig:
+    """The NetworkConfig whose network has exactly the keys and shapes of `state`."""
+    if "conv_l2_1.weight" not in state:
+        raise CheckpointLayoutError("it is not an EDVR state dict: it has no conv_l2_1.weight "
+                                    "(the second pyramid level's convolution)")
+    num_feat = state["conv_l2_1.weight"].shape[0]
+    if "predeblur.conv_first.weight" in state:
+        preprocessing = "predeblur"
+    elif "conv_first.weight" in state:
+        preprocessing = "edvr"
+    else:
+        raise CheckpointLayoutError("it has neither conv_first.weight nor "
+                                    "predeblur.conv_first.weight (the first convolution)")
+    # BasicSR's EDVR upscales x4, or restores at the input's size with hr_in.
+    scale = 1 if "predeblur.stride_conv_hr1.weight" in state else 4
+    if "fusion.feat_fusion.weight" in state:
+        fusion, fused = "tsa", state["fusion.feat_fusion.weight"]
+    elif "fusion.weight" in state:
+        fusion, fused = "conv", state["fusion.weight"]
+    else:
+        raise CheckpointLayoutError("it has neither fusion.feat_fusion.weight (TSA) nor "
+                                    "fusion.weight (a fusion convolution)")
+    if fused.dim() != 4 or fused.shape[1] % num_feat:
+        raise CheckpointLayoutError(f"its fusion takes {fused.shape[1] if fused.dim() else '?'} "
+                                    f"channels, not a multiple of its {num_feat} features")
+    offsets = state.get("pcd_align.dcn_pack.l1.conv_offset.weight")
+    if offsets is None or offsets.shape[0] % (3 * TAPS):
+        raise CheckpointLayoutError("its pcd_align.dcn_pack.l1.conv_offset.weight is missing or "
+                                    "not 3 x 9 channels per deformable group")
+    values = dict(num_feat=num_feat, num_frame=fused.shape[1] // num_feat, scale=scale,
+                  deformable_groups=offsets.shape[0] // (3 * TAPS), preprocessing=preprocessing,
+                  fusion=fusion, reconstruction="rb",
+                  num_extract_block=_count(state, r"feature_extraction\.(\d+)\.conv1\.weight"),
+                  num_reconstruct_block=_count(state, r"reconstruction\.(\d+)\.conv1\.weight"))
+    try:
+        config = NetworkConfig(**values)
+    except ValueError as error:
+        raise CheckpointLayoutError(f"its layout ({values}) is not one this network builds: "
+                                    f"{error}") from None
+    check_layout(IEDVR(config), state)
+    return config
+
+
+def check_layout(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raises CheckpointLayoutError naming the first key or shape of `state` that `network` does
+    not have, or the first of the network's keys that `state` lacks."""
+    own = network.state_dict()
+    for key, tensor in state.items():
+        if key not in own:
+            raise CheckpointLayoutError(f"it has {key}, which no EDVR layout has here")
+        if tuple(own[key].shape) != tuple(tensor.shape):
+            raise CheckpointLayoutError(f"its {key} is {list(tensor.shape)}, where the layout its "
+                                        f"other keys describe needs {list(own[key].shape)}")
+    for key in own:
+        if key not in state:
+            raise CheckpointLayoutError(f"it lacks {key}")
+
+
+def edvr_arch_name(config: NetworkConfig) -> str:
+    """The preset whose sizes the configuration has (edvr-m: 64 features and 10 reconstruction
+    blocks; edvr-l: 128 and 40), whatever its frame count, fusion and pre-deblurring; else edvr."""
+    for name in ("edvr-m", "edvr-l"):
+        preset = PRESETS[name]
+        if (config.num_feat, config.num_reconstruct_block) == (preset.num_feat,
+                                                              preset.num_reconstruct_block):
+            return name
+    return "edvr"
