@@ -1,6 +1,7 @@
 """The model file: traced network plus metadata, any input size, other precisions, clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -12,7 +13,7 @@ import torch
 import vs_iedvr
 from small_network import SMALL, export_small_network
 from vs_iedvr import model_file
-from vs_iedvr.network import IEDVR
+from vs_iedvr.network import IEDVR, build
 
 
 
@@ -220,3 +221,93 @@ def test_command_line_selftest_and_installation_info(tmp_path):
     info = run("info")
     assert info.returncode == 0, info.stderr
     assert "operator library:" in info.stdout and "VapourSynth plugin:" in info.stdout
+
+
+def with_metadata(path, target, **claims):
+    """A copy of the model file at `path` whose metadata (its top level and its network's config
+    alike) claims `claims`: the same traced network and weights, their checksum still right, so
+    that only the claim is wrong."""
+    metadata = model_file.read_metadata(path)
+    metadata.update(claims)
+    metadata["config"].update({"num_frame" if name == "num_frames" else name: value
+                               for name, value in claims.items()})
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.load(str(path)), str(target),
+                       _extra_files={model_file.METADATA_ENTRY: json.dumps(metadata)})
+    return target
+
+
+@pytest.mark.parametrize("frames", [7, 15, 3])
+def test_a_frame_count_that_is_not_the_networks_is_refused(exported, tmp_path, frames):
+    # The small network is traced for 5 frames (SMALL.num_frame). Through the plugin's methods a
+    # 7-frame window runs and its last frames are ignored: a plausible, wrong frame, no error.
+    _, path = exported
+    assert SMALL.num_frame == 5
+    if frames == 7:
+        with model_file.without_torchscript_deprecation():
+            traced = torch.jit.load(str(path))
+        window = torch.rand(7, 3, 8, 8)
+        changed = window.clone()
+        changed[5:] = 0
+        with torch.no_grad():
+            upscaled = [traced.upscale(*[level.unsqueeze(0) for level in traced.features(frames)],
+                                       frames[3:4]) for frames in (window, changed)]
+        assert torch.equal(*upscaled)
+    crafted = with_metadata(path, tmp_path / f"claims-{frames}.pt", num_frames=frames)
+    with pytest.raises(model_file.ModelFileError,
+                       match=rf"claims-{frames}.pt: its metadata says {frames} input frames, but "
+                             r"its network reads 5$"):
+        model_file.load_model(crafted)
+
+
+def test_a_scale_that_is_not_the_networks_is_refused(exported, tmp_path):
+    _, path = exported
+    crafted = with_metadata(path, tmp_path / "claims-x2.pt", scale=2)
+    with pytest.raises(model_file.ModelFileError,
+                       match=r"claims-x2.pt: its metadata says scale 2, but its network upscales x4$"):
+        model_file.load_model(crafted)
+
+
+def test_the_probe_passes_every_architecture_and_both_scales(tmp_path):
+    # The check must never refuse an honest file: each preset's blocks (rigid preprocessing,
+    # temporal 3D fusion, channel attention; EDVR's residual blocks and TSA fusion), x2 and x4,
+    # 7 frames and 5; narrow, so that the traces take little time.
+    narrow = {"num_feat": 16, "deformable_groups": 4, "num_reconstruct_block": 1}
+    rigid = {"rigid_widths": (8, 16), "num_rigid_keep": 1, "num_enhance_block": 1}
+    for arch, overrides in (("iedvr-m", {**narrow, **rigid, "scale": 2, "num_frame": 7}),
+                            ("edvr-m", {**narrow, "num_extract_block": 1})):
+        path = tmp_path / "honest.pt"
+        model_file.export_model(build(arch, **overrides), path, arch)
+        _, metadata = model_file.load_model(path)
+        assert (metadata["num_frames"], metadata["scale"]) == (overrides.get("num_frame", 5),
+                                                               overrides.get("scale", 4))
+
+
+def test_flops_counted_on_the_meta_device_equal_those_of_running_the_model(exported):
+    # Oracle: the count of running the traced model on the CPU at that size.
+    _, path = exported
+    model, metadata = model_file.load_model(path)
+    for height, width in ((180, 320), (17, 23)):
+        assert (model_file.flops_per_frame_of_config(metadata, height, width)
+                == model_file.flops_per_frame(model, metadata, height, width))
+
+
+def test_info_counts_the_flops_of_a_huge_size_in_little_memory(exported, tmp_path):
+    # 20000x20000: 24 GB for the input frames alone. Under an 8 GiB address-space limit the
+    # count must still come. Oracle: the count of running the model at 16x16 and 32x32 (no
+    # padding at either, nor at 20000), extended linearly in the pixels: every counted operation
+    # is per pixel, but for the channel attention's few on pooled features, per frame.
+    import resource
+
+    _, path = exported
+    model, metadata = model_file.load_model(path)
+    small, large = (model_file.flops_per_frame(model, metadata, side, side) for side in (16, 32))
+    expected = small + (large - small) * (20000**2 - 16**2) // (32**2 - 16**2)
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    result = subprocess.run([sys.executable, "-m", "vs_iedvr", "info", str(path), "--size",
+                             "20000x20000"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, preexec_fn=limit)
+    assert result.returncode == 0, result.stderr
+    counted = float(re.search(r"at 20000x20000 input \(80000x80000 output\): ([\d.]+) G",
+                              result.stdout).group(1))
+    assert counted == pytest.approx(expected / 1e9, abs=0.05)

@@ -8,13 +8,21 @@
 
 Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
 (resumed automatically), best.pt, log.csv and, at the end, the plugin's model file model.pt.
+
+An error is one line on stderr and a non-zero exit status: 2 for a bad option or file, 1 for
+anything else. --debug (before or after the command) or IEDVR_DEBUG=1 shows its traceback.
 """
 
 import argparse
 import ast
 import dataclasses
 import sys
+from pathlib import Path
 
+from vs_iedvr.__main__ import ArgumentParser, add_debug_option, run_command
+
+from .default_data import fetch
+from .evaluate import evaluate_command
 from .train import TrainConfig, train
 
 
@@ -47,16 +55,31 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"{sentence} Default: {default if default != '' else 'empty'}.")
 
 
+def train_command(args) -> int:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["network"] = dict(values["network"])
+    model_path = train(TrainConfig(**values))
+    print(f"model file: {model_path or 'not written (--no-export)'}")
+    return 0
+
+
+def fetch_data_command(args) -> int:
+    fetch(Path(args.out))
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vs-iedvr-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="vs-iedvr-train", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_config_options(commands.add_parser(
+    train_parser = commands.add_parser(
         "train", help="train a network",
         description="Train a network. Every option is a field of TrainConfig (training/train.py); "
                     "a run resumes from OUT_DIR/last.pt when there is one, writes log.csv as it "
                     "goes (and TensorBoard curves when tensorboard is installed), progress lines "
-                    "to stderr, and at the end the plugin's model file OUT_DIR/model.pt."))
+                    "to stderr, and at the end the plugin's model file OUT_DIR/model.pt.")
+    add_config_options(train_parser)
+    train_parser.set_defaults(run=train_command)
     evaluate_parser = commands.add_parser("evaluate", help="PSNR/SSIM of a model file on clips")
     evaluate_parser.add_argument("model")
     evaluate_parser.add_argument("clips", nargs="+",
@@ -71,22 +94,12 @@ def main(argv=None) -> int:
     evaluate_parser.add_argument("--plugin", action="store_true",
                                  help="run the model through core.iedvr.Upscale on the CPU (what a "
                                       "script gets) instead of the eager network")
+    evaluate_parser.set_defaults(run=evaluate_command)
     fetch_parser = commands.add_parser("fetch-data", help="download the default weights' data")
     fetch_parser.add_argument("out", help="folder to fill (train/, held_out/, PROVENANCE.md)")
-    args = parser.parse_args(argv)
-    if args.command == "fetch-data":
-        from pathlib import Path
-        from .default_data import fetch
-        fetch(Path(args.out))
-        return 0
-    if args.command == "train":
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        values["network"] = dict(values["network"])
-        model_path = train(TrainConfig(**values))
-        print(f"model file: {model_path or 'not written (--no-export)'}")
-        return 0
-    from .evaluate import evaluate_command
-    return evaluate_command(args)
+    fetch_parser.set_defaults(run=fetch_data_command)
+    add_debug_option(parser, commands)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -71,10 +71,13 @@ def decode_video(path: Path, cache: Path) -> Clip:
     done = target / ".complete"
     if not done.exists():
         target.mkdir(parents=True, exist_ok=True)
-        for number, rgb in enumerate(video_frames(path)):
+        count = 0
+        for count, rgb in enumerate(video_frames(path), 1):
             # Level 1: lossless like any level, and several times faster to write than the default
             # (a lent GPU machine decodes the training clips inside its few minutes).
-            Image.fromarray(rgb).save(target / f"{number:06d}.png", compress_level=1)
+            Image.fromarray(rgb).save(target / f"{count - 1:06d}.png", compress_level=1)
+        if not count:  # a truncated file can decode to nothing without an error from FFmpeg
+            raise ValueError(f"{path}: no frame could be decoded (a truncated or damaged video?)")
         done.touch()
     return Clip(path.name, tuple(sorted(target.glob("*.png"))))
 
@@ -143,6 +146,11 @@ def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list
                 raise ValueError(f"{source}: expected a folder of clips, a video file "
                                  f"({', '.join(sorted(VIDEO_SUFFIXES))}) or stills:FOLDER")
         clips = [c.result() if isinstance(c, concurrent.futures.Future) else c for c in clips]
+    # Frame folders shorter than a window are left out above; a video is named, not skipped.
+    for clip in clips:
+        if len(clip.frames) < min_frames:
+            raise ValueError(f"{clip.name}: {len(clip.frames)} frame(s), fewer than the "
+                             f"{min_frames} of a window; leave it out")
     return clips, stills
 
 

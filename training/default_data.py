@@ -302,6 +302,8 @@ def reduce_photo(path: Path, source: PhotoSource):
 
 
 def fetch(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: fetch-data needs a folder to fill (new or existing)")
     if (out / "PROVENANCE.md").exists():  # written last: the folder is complete
         return
     downloads = out / "downloads"

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vs_iedvr import model_file
 from vs_iedvr.edvr_blocks import DCNv2Pack
-from vs_iedvr.network import build, channels_last_format
+from vs_iedvr.network import PRESETS, SIZE_MULTIPLE, NetworkConfig, build, channels_last_format
 
 from .data import WindowDataset, find_sources, split_validation
 from .loss import charbonnier_loss
@@ -114,6 +114,62 @@ class TrainConfig:
                                   "float16 that --init and export read; empty = none.")
     export: bool = option(True, "Write the plugin's model file, OUT_DIR/model.pt, at the end.")
 
+    def __post_init__(self):
+        """Refuses a value the run cannot use, naming its option: here, before anything starts,
+        rather than as an error from deep inside the loop (or a run that trains nothing)."""
+        whole_numbers = {"batch_size": 1, "iterations": 1, "validation_samples": 1,
+                         "validate_every": 1, "checkpoint_every": 1, "log_every": 1,
+                         "warmup_iterations": 0, "restart_every": 0, "num_workers": 0, "threads": 0}
+        for name, least in whole_numbers.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                refuse(name, f"a whole number of at least {least}", value)
+        if not isinstance(self.patch_size, int) or self.patch_size < 1 or self.patch_size % SIZE_MULTIPLE:
+            # The network takes sizes that its pyramid can halve twice.
+            refuse("patch_size", f"a positive multiple of {SIZE_MULTIPLE}", self.patch_size)
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
+            refuse("learning_rate", "a positive finite number", self.learning_rate)
+        for name in ("min_learning_rate", "offset_lr_factor", "weight_decay", "grad_clip",
+                     "time_budget_minutes", "checkpoint_every_minutes"):
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
+                refuse(name, "a finite number of at least 0", getattr(self, name))
+        if not is_number(self.still_fraction) or not 0 <= self.still_fraction <= 1:
+            refuse("still_fraction", "a number from 0 to 1", self.still_fraction)
+        if not is_number(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
+            refuse("validation_fraction", "a number from 0 up to (not including) 1",
+                   self.validation_fraction)
+        if self.arch not in PRESETS:
+            refuse("arch", f"one of {', '.join(sorted(PRESETS))}", self.arch)
+        if self.scale not in (2, 4):
+            refuse("scale", "2 or 4", self.scale)
+        if self.degradation not in ("BI", "BD"):
+            refuse("degradation", "BI or BD", self.degradation)
+        settings = {f.name for f in dataclasses.fields(NetworkConfig)} - {"scale"}
+        unknown = sorted(set(self.network) - settings)
+        if unknown:
+            raise ValueError(f"--network: unknown setting(s) {', '.join(unknown)}"
+                             + ("; give the scale with --scale" if "scale" in unknown else
+                                f"; expected NAME=VALUE with NAME one of {', '.join(sorted(settings))}"))
+        try:  # NetworkConfig checks its values (an odd num_frame, widths that fit, ...)
+            dataclasses.replace(PRESETS[self.arch], scale=self.scale, **self.network)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--network: {error}") from None
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                device = None
+            if device is None or device.type not in ("cpu", "cuda"):
+                refuse("device", "auto, cpu, cuda or cuda:N", self.device)
+
+
+def refuse(name: str, expected: str, value) -> None:
+    raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {value!r}")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
 
 def learning_rate_at(step: int, config: TrainConfig, cycle: int,
                      progress: float | None = None) -> float:
@@ -163,6 +219,10 @@ def start_processes(config: TrainConfig) -> Processes:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     else:
         device = torch.device(config.device)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {config.device}: torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s)" + ("" if torch.cuda.is_available() else
+                                        " (no GPU, or a torch built without CUDA)"))
     if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -242,8 +302,16 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
     scaler = torch.amp.GradScaler(processes.device.type, enabled=amp_dtype == torch.float16)
     trainee = Trainee(network, optimizer, scaler, init_steps=init_steps)
     if last_path.exists():  # resume exactly where the last checkpoint was written
-        state = torch.load(last_path, map_location=processes.device, weights_only=False)
-        network.load_state_dict(state["model"])
+        # weights_only: tensors, containers and numbers, all that save_checkpoint writes; a
+        # crafted last.pt cannot run code.
+        state = model_file.load_checkpoint(last_path, last_path, "a vs-iedvr checkpoint",
+                                           map_location=processes.device)
+        needed = ("model", "optimizer", "scaler", "step", "best_psnr")
+        missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise ValueError(f"{last_path} is not a vs-iedvr checkpoint that resumes a run (it "
+                             f"has no {', '.join(missing)}); move it away to start afresh")
+        model_file.load_state_strictly(network, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         trainee.step, trainee.best_psnr = state["step"], state["best_psnr"]

@@ -7,10 +7,14 @@
                     [--size 320x180] --output MODEL.onnx     for vs-mlrt (core.trt / core.ov)
     vs-iedvr selftest                      check the compiled operator on every device
     vs-iedvr bench [--size 320x180]        the plugin's speed next to a Python callback's
+
+An error is one line on stderr and a non-zero exit status: 2 for a bad argument or file, 1 for
+anything else. --debug (before or after the command) or IEDVR_DEBUG=1 shows its traceback.
 """
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -29,6 +33,56 @@ def parse_size(text: str) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
     return width, height
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line: the usage it prints above them is in
+    --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_debug_option(parser: argparse.ArgumentParser, subcommands) -> None:
+    """--debug before the command and after it. The command's parser leaves the value alone when
+    the option is not given after it (SUPPRESS), so that one given before it stands."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also IEDVR_DEBUG=1)")
+    for subcommand in subcommands.choices.values():
+        subcommand.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help="show the traceback of an error (also IEDVR_DEBUG=1)")
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line: an OSError as its file and reason, anything else as the first
+    line of its message."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return model_file.first_line(error)
+
+
+# Errors that a bad argument or input file causes, whose message says what to fix: the code
+# raises ValueError (ModelFileError among them) for a value it refuses.
+EXPECTED_ERRORS = (ValueError, OSError, onnx_export.MissingOnnxError)
+
+
+def run_command(args) -> int:
+    """args.run(args), an error as one line on stderr: the message of an expected one, exit 2; the
+    type and message of any other, exit 1. With --debug or IEDVR_DEBUG=1, Python's traceback."""
+    if args.debug or os.environ.get("IEDVR_DEBUG") == "1":
+        return args.run(args)
+    try:
+        return args.run(args)
+    except EXPECTED_ERRORS as error:
+        print(f"error: {describe(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        print(f"error: {type(error).__name__}: {describe(error)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 def info(args) -> int:
@@ -56,7 +110,7 @@ def print_installation() -> None:
 
 
 def model_info(args) -> int:
-    model, metadata = model_file.load_model(args.model)
+    _, metadata = model_file.load_model(args.model)  # loaded for its checks
     width, height = args.size
     print(f"model file: {args.model}")
     print(f"architecture: {metadata['architecture']}, x{metadata['scale']}, "
@@ -67,7 +121,8 @@ def model_info(args) -> int:
     print(f"configuration: {json.dumps(metadata['config'])}")
     print(f"written by vs-iedvr {metadata['vs_iedvr_version']}, torch {metadata['torch_version']}, "
           f"format version {metadata['format_version']}")
-    flops = model_file.flops_per_frame(model, metadata, height, width)
+    # Counted without running the network at that size: a large size would need all its memory.
+    flops = model_file.flops_per_frame_of_config(metadata, height, width)
     print(f"FLOPs per output frame at {width}x{height} input "
           f"({width * metadata['scale']}x{height * metadata['scale']} output): {flops / 1e9:.1f} G")
     return 0
@@ -135,8 +190,8 @@ def selftest(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vs-iedvr", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="vs-iedvr", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     info_parser = commands.add_parser("info", help="what is installed, or what a model file is")
     info_parser.add_argument("model", nargs="?", help="a model file to describe")
@@ -170,12 +225,8 @@ def main(argv=None) -> int:
                                        "Python-callback pipeline, FLOP rates, peak memory")
     bench.add_arguments(bench_parser, parse_size)
     bench_parser.set_defaults(run=bench.bench)
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (model_file.ModelFileError, onnx_export.MissingOnnxError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    add_debug_option(parser, commands)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

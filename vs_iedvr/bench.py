@@ -196,9 +196,25 @@ def default_model() -> Path | None:
     return path if path.exists() else None
 
 
+def bench_device(text: str) -> torch.device:
+    """--device as a torch.device: auto is CUDA where torch sees a GPU, else the CPU."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s)" + ("" if torch.cuda.is_available() else
+                                        " (no GPU, or a torch built without CUDA)"))
+    return device
+
+
 def bench(args) -> int:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = bench_device(args.device)
     fp16 = args.fp16 if args.fp16 is not None else precision.default_fp16(device)
     width, height = args.size
     with tempfile.TemporaryDirectory() as folder:
@@ -211,9 +227,7 @@ def bench(args) -> int:
         paths = {name: str(model) for name in pipelines}
         if "vs-mlrt-ov" in pipelines:
             if device.type != "cpu":
-                print("vs-iedvr bench: vs-mlrt-ov runs on the CPU; compare it with --device cpu",
-                      file=sys.stderr)
-                return 2
+                raise ValueError("--peer vs-mlrt-ov runs on the CPU; compare it with --device cpu")
             paths["vs-mlrt-ov"] = str(Path(folder) / "model-openvino.onnx")
             net, source = model_file.network_from_model_file(model)
             onnx_export.export_onnx(net, paths["vs-mlrt-ov"], "openvino",
@@ -246,8 +260,11 @@ def bench(args) -> int:
                        "--device", str(device), "--stride", str(stride)] + (["--fp16"] if fp16 else [])
             child = subprocess.run(command, capture_output=True, text=True)
             if child.returncode != 0:
-                print(f"{name}: failed\n{child.stderr[-2000:]}", file=sys.stderr)
-                return 1
+                if getattr(args, "debug", False) or os.environ.get("IEDVR_DEBUG") == "1":
+                    print(child.stderr, file=sys.stderr, end="")  # the child's traceback
+                # Its last line: the exception that ended it.
+                lines = child.stderr.strip().splitlines() or [f"exit status {child.returncode}"]
+                raise RuntimeError(f"the {name} pipeline failed: {lines[-1]}")
             result = results[name] = json.loads(child.stdout.strip().splitlines()[-1])
             # The others compute whole windows, and so does the plugin when no window shares a frame.
             flops = cached if name == "plugin" and not args.no_reuse else whole
@@ -263,10 +280,21 @@ def bench(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser, parse_size) -> None:
     parser.add_argument("--size", type=parse_size, default=(320, 180),
                         help="input frame size WIDTHxHEIGHT (default 320x180)")
-    parser.add_argument("--frames", type=int, default=6, help="timed output frames (default 6)")
+    parser.add_argument("--frames", type=positive_int, default=6,
+                        help="timed output frames (default 6)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:N")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
                         help="16-bit inference: float16 on CUDA, bfloat16 on the CPU "

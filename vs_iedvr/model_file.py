@@ -33,7 +33,8 @@ TRACE_SIZE = (32, 48)
 
 
 class ModelFileError(ValueError):
-    """A model file that is missing, unreadable or not a vs-iedvr model."""
+    """A model file (or a checkpoint) that is missing, unreadable, damaged or not what it should
+    be."""
 
 
 SHIPPED_DIR = Path(__file__).parent / "models"
@@ -186,11 +187,20 @@ def read_metadata(path) -> dict:
         raise ModelFileError(f"model file {path} does not exist")
     try:
         with zipfile.ZipFile(path) as archive:
+            # Every entry against its CRC-32 first: torch.jit.load checks none, and a damaged
+            # entry can make it fail in odd ways (a damaged data.pkl asked for memory until the
+            # kernel killed the process) or load quietly (a damaged debug entry).
+            damaged = archive.testzip()
             entries = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_ENTRY}")]
-            raw = archive.read(entries[0]) if entries else None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raw = archive.read(entries[0]) if entries and damaged is None else None
+    except Exception as error:  # zipfile raises many types for damage (BadZipFile, EOFError,
+        # UnicodeDecodeError for a damaged name, NotImplementedError for a damaged method, ...)
         raise ModelFileError(f"{path} is not a vs-iedvr model file (not a readable TorchScript "
-                             f"archive: {error}); export one with `python -m vs_iedvr export`") from None
+                             f"archive: {first_line(error)}); export one with `python -m vs_iedvr "
+                             "export`") from None
+    if damaged is not None:
+        raise ModelFileError(f"{path} is damaged: its entry {damaged} fails its CRC-32 check; "
+                             "download or export the model again")
     if raw is None:
         raise ModelFileError(f"{path} is a TorchScript archive without vs-iedvr metadata; export "
                              "the model with `python -m vs_iedvr export`")
@@ -198,42 +208,164 @@ def read_metadata(path) -> dict:
         metadata = json.loads(raw)
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{path}: its metadata is not valid JSON ({error})") from None
-    if metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a vs-iedvr model file (format {metadata.get('format')!r})")
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        format_name = metadata.get("format") if isinstance(metadata, dict) else None
+        raise ModelFileError(f"{path} is not a vs-iedvr model file (format {format_name!r})")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path} has format version {metadata['format_version']}; this "
                              f"vs-iedvr ({__version__}) reads up to {FORMAT_VERSION}: upgrade it")
+    check_fields(path, metadata)
     return metadata
 
 
+def check_fields(path, metadata: dict) -> None:
+    """The fields that loading relies on, with the ranges the C++ engine accepts
+    (csrc/engine/model_metadata.h); the network's config, where there is one, must agree."""
+    scale, frames = metadata.get("scale"), metadata.get("num_frames")
+    if type(scale) is not int or not 1 <= scale <= 8:
+        raise ModelFileError(f"{path}: its metadata field \"scale\" is {scale!r}; expected a "
+                             "whole number from 1 to 8")
+    if type(frames) is not int or not 1 <= frames <= 15 or frames % 2 == 0:
+        raise ModelFileError(f"{path}: its metadata field \"num_frames\" is {frames!r}; expected "
+                             "an odd number from 1 to 15 (the centre frame and as many on each side)")
+    config = metadata.get("config")
+    if isinstance(config, dict) and (config.get("num_frame"), config.get("scale")) != (frames, scale):
+        raise ModelFileError(f"{path}: its metadata contradicts itself: num_frames {frames} and "
+                             f"scale {scale}, but its network's config says num_frame "
+                             f"{config.get('num_frame')!r} and scale {config.get('scale')!r}")
+
+
 def load_model(path, device="cpu") -> tuple[torch.jit.ScriptModule, dict]:
+    """The traced network of a model file, in float32 on `device`, and its metadata; raises
+    ModelFileError for a file that is damaged (its zip entries' or its weights' checksum), is no
+    model file, or whose metadata does not describe its network."""
     metadata = read_metadata(path)
     try:
         with without_torchscript_deprecation():
             model = torch.jit.load(str(path), map_location=device)
-    except RuntimeError as error:
-        raise ModelFileError(f"{path} could not be loaded ({str(error).splitlines()[0]}); the "
-                             "file may be truncated: export it again") from None
+    except Exception as error:  # RuntimeError mostly; UnicodeDecodeError, MemoryError too
+        raise ModelFileError(f"{path} could not be loaded ({first_line(error)}); the file may be "
+                             "truncated: export it again") from None
     recorded = metadata.get("weights_crc32")  # absent in files exported before it existed
     if recorded is not None and recorded != weights_checksum(model):
         raise ModelFileError(f"{path} is damaged: its weights' checksum is {weights_checksum(model)}, "
                              f"its metadata says {recorded}; download or export the model again")
-    return model.float().eval(), metadata
+    model = model.float().eval()
+    check_network_matches_metadata(model, metadata, path, device)
+    return model, metadata
+
+
+# The probe window's side: the smallest the network takes unpadded (its pyramid halves it twice),
+# so that the probe costs milliseconds even for edvr-l.
+PROBE_SIDE = SIZE_MULTIPLE
+
+
+def check_network_matches_metadata(model, metadata: dict, path, device="cpu") -> None:
+    """The metadata's frame count and scale against what the traced network computes, on a tiny
+    window of random frames. A traced network indexes the frames it was traced for: given more,
+    it ignores the rest and returns a plausible, wrong frame; so the window's first and last
+    frames must both change the output, and the output must be the input's size times the scale.
+    (The C++ engine makes the same check.)"""
+    frames, scale = metadata["num_frames"], metadata["scale"]
+    window = probe_window(frames, device)
+    try:
+        output = run_probe(model, window)
+    except Exception as error:  # what a traced graph raises for a window it cannot take
+        raise ModelFileError(f"{path}: its metadata says {frames} input frames, but its network "
+                             + frames_read(model, device, f"fails on {frames} ({first_line(error)})")
+                             ) from None
+    if output.dim() != 4 or output.shape[:2] != (1, 3):
+        raise ModelFileError(f"{path}: its metadata says {frames} input frames, but its network "
+                             + frames_read(model, device, f"returns {list(output.shape)} for "
+                                                          f"{frames}, not one RGB frame"))
+    height, width = output.shape[2:]
+    if (height, width) != (PROBE_SIDE * scale, PROBE_SIDE * scale):
+        computed = (f"x{width // PROBE_SIDE}" if height == width and width % PROBE_SIDE == 0 else
+                    f"{PROBE_SIDE}x{PROBE_SIDE} input to {width}x{height}")
+        raise ModelFileError(f"{path}: its metadata says scale {scale}, but its network "
+                             f"upscales {computed}")
+    for index in (frames - 1, 0):
+        if not reads_frame(model, window, index, output):
+            raise ModelFileError(f"{path}: its metadata says {frames} input frames, but its "
+                                 "network " + frames_read(model, device, f"does not read frame "
+                                                                         f"{index + 1} of {frames}"))
+
+
+def probe_window(frames: int, device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(20241205)
+    return torch.rand(1, frames, 3, PROBE_SIDE, PROBE_SIDE, generator=generator).to(device)
+
+
+def run_probe(model, window: torch.Tensor) -> torch.Tensor:
+    # Unoptimised: the profiling executor would otherwise spend its first runs specialising the
+    # graph to the probe's shapes, which no caller uses.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        return model(window)
+
+
+def reads_frame(model, window: torch.Tensor, index: int, output: torch.Tensor) -> bool:
+    changed = window.clone()
+    changed[:, index] = 1 - changed[:, index]
+    return not torch.equal(run_probe(model, changed), output)
+
+
+def frames_read(model, device, otherwise: str) -> str:
+    """"reads N": the largest odd N up to 15 that the network takes, returning one frame that its
+    window's last frame changes; `otherwise` where no N does. Only for the error message."""
+    for count in range(15, 0, -2):
+        window = probe_window(count, device)
+        try:
+            output = run_probe(model, window)
+        except Exception:  # not this count
+            continue
+        if output.dim() == 4 and output.shape[0] == 1 and reads_frame(model, window, count - 1, output):
+            return f"reads {count}"
+    return otherwise
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's run on for many lines), or its
+    type where it has none."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()),
+                type(error).__name__)
+
+
+def load_checkpoint(source, path, what: str, map_location="cpu"):
+    """torch.load with weights_only=True: tensors, containers and numbers only, so that a crafted
+    pickle cannot run code on load. Raises ModelFileError naming `path` and `what` it should be."""
+    try:
+        with warnings.catch_warnings():  # said in the error below
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for files that are not checkpoints
+        text = str(error)
+        if "TorchScript archive" in text:
+            reason = "it is a TorchScript archive (a model file?), not a checkpoint"
+        else:
+            # The refusal of a global is one line among torch's explanations of weights_only.
+            refused = [line.split("WeightsUnpickler error:", 1)[1] for line in text.splitlines()
+                       if "WeightsUnpickler error:" in line]
+            reason = (refused[0].split(". Please use")[0].strip() if refused else
+                      f"not a PyTorch checkpoint? (torch.load: {type(error).__name__}: "
+                      f"{first_line(error)})")
+        raise ModelFileError(f"{path} is not {what} that can be loaded safely: {reason}") from None
 
 
 def load_weights(network: IEDVR, path) -> dict:
     """Loads a checkpoint into `network` strictly: a BasicSR checkpoint (under "params_ema" or
     "params"), a vs-iedvr training checkpoint (under "model") or a bare state dict. Returns the
     provenance to record in the model file."""
+    if not Path(path).is_file():
+        raise ModelFileError(f"checkpoint {path} does not exist or is not a file")
     data = Path(path).read_bytes()
-    state = state_file = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = state_file = load_checkpoint(io.BytesIO(data), path, "a checkpoint")
     source_key = next((k for k in ("params_ema", "params", "model") if isinstance(state, dict) and k in state), None)
     if source_key is not None:
         state = state[source_key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path} holds no state dict (expected a dict of tensors, or one "
                              "under 'params_ema', 'params' or 'model')")
-    network.load_state_dict(state, strict=True)
+    load_state_strictly(network, state, path)
     provenance = {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
                   "state_dict_key": source_key}
     if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
@@ -245,12 +377,39 @@ def load_weights(network: IEDVR, path) -> dict:
     return provenance
 
 
+def load_state_strictly(network: IEDVR, state: dict, path) -> None:
+    """load_state_dict(strict=True), its refusal said in one line: how many tensors are missing,
+    left over or of another shape, with the first of each."""
+    own = network.state_dict()
+    problems = {"missing": [n for n in own if n not in state],
+                "not in the network": [n for n in state if n not in own],
+                "of another shape": [n for n in own if n in state and own[n].shape != state[n].shape]}
+    found = [f"{len(names)} {kind} (such as {names[0]})" for kind, names in problems.items() if names]
+    if found:
+        raise ModelFileError(f"{path}: its weights do not fit the network: tensors "
+                             f"{', '.join(found)}; another architecture or scale?")
+    network.load_state_dict(state, strict=True)
+
+
 def flops_per_frame(model: nn.Module, metadata: dict, height: int, width: int) -> int:
     """Floating-point operations (a multiply-add counts 2) for one output frame from input frames
     of height x width, counted by running the model once under torch's FLOP counter."""
     frames = torch.zeros(1, metadata["num_frames"], 3, height, width)
     with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         model(frames)
+    return counter.get_total_flops()
+
+
+def flops_per_frame_of_config(metadata: dict, height: int, width: int) -> int:
+    """What flops_per_frame counts, without running the network at that size: the network of the
+    metadata's config (with the model file's padding) runs on the "meta" device, whose tensors
+    have shapes and no data, so that any size costs milliseconds and no memory. The deformable
+    convolution has a fake kernel and a FLOP formula (ops.py) that serve here."""
+    with torch.device("meta"):
+        network = PaddedNetwork(IEDVR(config_of(metadata))).eval()
+        frames = torch.zeros(1, metadata["num_frames"], 3, height, width)
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        network(frames)
     return counter.get_total_flops()
 
 
@@ -262,10 +421,14 @@ def network_from_model_file(path) -> tuple[IEDVR, dict]:
     """The eager network of a model file, its weights in float32, and the file's metadata: for
     exporting a model file again (ONNX, or other weights_dtype) without its checkpoint."""
     traced, metadata = load_model(path)
-    network = IEDVR(config_of(metadata))
+    try:
+        network = IEDVR(config_of(metadata))
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: its metadata's network config is not one this vs-iedvr "
+                             f"builds ({first_line(error)})") from None
     prefix = "network."
     # The traced PaddedNetwork holds the network under `network`, with the eager module's names.
     state = {name[len(prefix):]: tensor for name, tensor in traced.state_dict().items()
              if name.startswith(prefix)}
-    network.load_state_dict(state, strict=True)
+    load_state_strictly(network, state, path)
     return network.eval(), metadata
