@@ -22,7 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import __version__, bench, model_file, network, onnx_export, ops
+from . import __version__, bench, edvr_checkpoint, model_file, network, onnx_export, ops
+
+
+# --arch for an EDVR checkpoint of any layout, read from the file.
+EDVR_FROM_FILE = "edvr"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -142,9 +146,7 @@ def export(args) -> int:
         net, source = model_file.network_from_model_file(model_file.shipped_or_path(args.from_model))
         arch, weights = source["architecture"], source["weights"]
     else:
-        arch = args.arch or "iedvr-m"
-        net = network.build(arch, scale=args.scale or 4)
-        weights = model_file.load_weights(net, args.weights) if args.weights else None
+        arch, net, weights = network_for_export(args.arch, args.scale, args.weights)
     if args.format == "onnx":
         metadata = onnx_export.export_onnx(net, args.output, args.target, arch, args.size,
                                            weights, args.weights_dtype)
@@ -157,6 +159,41 @@ def export(args) -> int:
     print(f"wrote {args.output}: {metadata['architecture']} x{metadata['scale']}, "
           f"{metadata['parameters']:,} parameters, weights: {metadata['weights']['source']}")
     return 0
+
+
+def network_for_export(arch: str | None, scale: int | None, weights_path: str | None):
+    """The architecture's name, the network with the checkpoint's weights loaded, and their
+    provenance. An EDVR checkpoint (BasicSR's or ours) says its own layout (frame count, TSA,
+    pre-deblurring, restoration at scale 1, sizes): --arch may only name it (edvr, or the edvr-m /
+    edvr-l of its sizes). Other checkpoints load into --arch (default iedvr-m) at --scale."""
+    if weights_path is None:
+        if arch == EDVR_FROM_FILE:
+            raise ValueError(f"--arch {EDVR_FROM_FILE} reads the layout from --weights: give the "
+                             "checkpoint, or name a preset (edvr-m, edvr-l)")
+        return arch or "iedvr-m", network.build(arch or "iedvr-m", scale=scale or 4), None
+    state, provenance = model_file.read_weights(weights_path)
+    if not edvr_checkpoint.looks_like_edvr(state):
+        if arch == EDVR_FROM_FILE:
+            raise ValueError(f"--arch {EDVR_FROM_FILE}: {weights_path} is not an EDVR checkpoint "
+                             "(it has neither conv_first nor predeblur weights)")
+        net = network.build(arch or "iedvr-m", scale=scale or 4)
+        model_file.load_state_strictly(net, state, weights_path)
+        return arch or "iedvr-m", net, provenance
+    try:
+        config = edvr_checkpoint.edvr_config(state)
+    except edvr_checkpoint.CheckpointLayoutError as error:
+        raise ValueError(f"{weights_path} matches no EDVR layout: {error}") from None
+    found = edvr_checkpoint.edvr_arch_name(config)
+    if arch not in (None, EDVR_FROM_FILE, found):
+        raise ValueError(f"--arch {arch} contradicts {weights_path}, which holds an EDVR of the "
+                         f"{found} layout ({config.num_feat} features, {config.num_frame} frames, "
+                         f"{config.num_reconstruct_block} reconstruction blocks): leave --arch out")
+    if scale is not None and scale != config.scale:
+        raise ValueError(f"--scale {scale} contradicts {weights_path}, whose network has scale "
+                         f"{config.scale}: leave --scale out")
+    net = network.IEDVR(config)
+    model_file.load_state_strictly(net, state, weights_path)
+    return found, net, provenance
 
 
 def _check_device(device: str, dtype: torch.dtype) -> float:
@@ -208,8 +245,9 @@ def main(argv=None) -> int:
                                "or openvino (org.openvinotoolkit::DeformableConv2D)")
     export_parser.add_argument("--size", type=parse_size, help="with --format onnx: fix the input "
                                "size, WIDTHxHEIGHT (default: any size)")
-    export_parser.add_argument("--arch", choices=sorted(network.PRESETS),
-                               help="network architecture (default iedvr-m)")
+    export_parser.add_argument("--arch", choices=sorted(network.PRESETS) + [EDVR_FROM_FILE],
+                               help="network architecture (default iedvr-m; an EDVR checkpoint's "
+                               "own layout, which edvr names)")
     export_parser.add_argument("--scale", type=int, choices=(2, 4), help="upscaling factor (default 4)")
     export_parser.add_argument("--weights", help="checkpoint or state dict (ours or BasicSR's); "
                                "without it the network is untrained")

@@ -29,6 +29,12 @@ def _count(state: dict, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
+def looks_like_edvr(state: dict) -> bool:
+    """EDVR's first convolution, plain or in the pre-deblurring module (the improved network
+    has RigidConv preprocessing instead)."""
+    return "conv_first.weight" in state or "predeblur.conv_first.weight" in state
+
+
 def edvr_config(state: dict[str, torch.Tensor]) -> NetworkConfig:
     """The NetworkConfig whose network has exactly the keys and shapes of `state`."""
     if "conv_l2_1.weight" not in state:

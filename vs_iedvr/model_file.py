@@ -100,18 +100,19 @@ class PaddedNetwork(nn.Module):
         super().__init__()
         self.network = network
         self.scale = network.config.scale
+        self.multiple = network.config.size_multiple
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        padded = pad_frames(frames, SIZE_MULTIPLE)
+        padded = pad_frames(frames, self.multiple)
         return crop_output(self.network(padded), frames, self.scale)
 
     def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        padded = pad_frames(frames.unsqueeze(0), SIZE_MULTIPLE).squeeze(0)
+        padded = pad_frames(frames.unsqueeze(0), self.multiple).squeeze(0)
         return self.network.frame_features(padded)
 
     def upscale(self, l1: torch.Tensor, l2: torch.Tensor, l3: torch.Tensor, t1: torch.Tensor,
                 t2: torch.Tensor, t3: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        padded = pad_frames(centre.unsqueeze(1), SIZE_MULTIPLE).squeeze(1)
+        padded = pad_frames(centre.unsqueeze(1), self.multiple).squeeze(1)
         return crop_output(self.network.reconstruct(l1, l2, l3, padded, [t1, t2, t3]), centre,
                            self.scale)
 
@@ -352,9 +353,16 @@ def load_checkpoint(source, path, what: str, map_location="cpu"):
 
 
 def load_weights(network: IEDVR, path) -> dict:
-    """Loads a checkpoint into `network` strictly: a BasicSR checkpoint (under "params_ema" or
-    "params"), a vs-iedvr training checkpoint (under "model") or a bare state dict. Returns the
-    provenance to record in the model file."""
+    """Loads a checkpoint into `network` strictly (see read_weights). Returns the provenance to
+    record in the model file."""
+    state, provenance = read_weights(path)
+    load_state_strictly(network, state, path)
+    return provenance
+
+
+def read_weights(path) -> tuple[dict, dict]:
+    """The state dict of a checkpoint: a BasicSR checkpoint (under "params_ema" or "params"), a
+    vs-iedvr training checkpoint (under "model") or a bare state dict; and its provenance."""
     if not Path(path).is_file():
         raise ModelFileError(f"checkpoint {path} does not exist or is not a file")
     data = Path(path).read_bytes()
@@ -365,7 +373,6 @@ def load_weights(network: IEDVR, path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path} holds no state dict (expected a dict of tensors, or one "
                              "under 'params_ema', 'params' or 'model')")
-    load_state_strictly(network, state, path)
     provenance = {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
                   "state_dict_key": source_key}
     if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
@@ -374,7 +381,7 @@ def load_weights(network: IEDVR, path) -> dict:
                                   "total_steps": state_file.get("total_steps", state_file.get("step")),
                                   "best_val_psnr_y": best if best is not None and math.isfinite(best) else None,
                                   "config": state_file["config"]}
-    return provenance
+    return state, provenance
 
 
 def load_state_strictly(network: IEDVR, state: dict, path) -> None:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .model_file import WEIGHT_DTYPES, crop_output, script
-from .network import SIZE_MULTIPLE, IEDVR, count_parameters
+from .network import IEDVR, count_parameters
 
 OPSET = 19
 OPENVINO_DOMAIN = "org.openvinotoolkit"
@@ -65,9 +65,10 @@ class StackedFramesNetwork(nn.Module):
         self.network = network
         self.num_frames = network.config.num_frame
         self.scale = network.config.scale
+        self.size_multiple = network.config.size_multiple
 
     def forward(self, stacked: Tensor) -> Tensor:
-        padded = pad_to_multiple(stacked, SIZE_MULTIPLE)
+        padded = pad_to_multiple(stacked, self.size_multiple)
         frames = padded.unflatten(1, (self.num_frames, 3))
         return crop_output(self.network(frames), stacked, self.scale)
 

@@ -452,7 +452,8 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
   library->info(d->engines->any(), &d->model);
   if (scale_given && scale_arg != d->model.scale) {
     return fail("scale=" + std::to_string(scale_arg) + " contradicts the model file " + model_path +
-                ", which upscales x" + std::to_string(d->model.scale) +
+                (d->model.scale == 1 ? std::string(", which restores frames at their own size (scale 1)")
+                                     : ", which upscales x" + std::to_string(d->model.scale)) +
                 ": leave scale out, or pass a model of that scale");
   }
 
