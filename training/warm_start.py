@@ -53,10 +53,9 @@ def read_initial_weights(path) -> InitialWeights:
                  for name, tensor in module.state_dict().items()}
         return InitialWeights(state, "model file", steps_in_model_file(metadata))
     try:
-        data = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for files that are not checkpoints
-        raise ValueError(f"--init: {path} is neither a vs-iedvr model file nor a readable "
-                         f"checkpoint ({str(error).splitlines()[0]})") from None
+        data = model_file.load_checkpoint(io.BytesIO(path.read_bytes()), path, "a checkpoint")
+    except model_file.ModelFileError as error:
+        raise ValueError(f"--init: {error} (nor a vs-iedvr model file)") from None
     if isinstance(data, dict) and "model" in data and "config" in data:
         steps = int(data.get("total_steps") or data.get("step") or 0)
         return InitialWeights(data["model"], "vs-iedvr checkpoint", steps)
