@@ -35,6 +35,8 @@ def test_bench_prints_both_pipelines_flops_and_their_ratio(tmp_path):
                for name in ("plugin", "python")}
     ratio = float(re.search(r"plugin / Python callback: ([\d.]+)x", out).group(1))
     assert ratio == pytest.approx(seconds["python"] / seconds["plugin"], rel=0.1)
+    # The plugin's memory plan, as the filter logged it.
+    assert re.search(rf"^  Upscale: {WIDTH}x{HEIGHT} frames whole, features of 7 frames cached", out, re.M)
 
 
 def test_bench_times_vs_mlrt_beside_the_plugin(tmp_path):

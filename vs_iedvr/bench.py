@@ -94,7 +94,10 @@ def run_pipeline(args) -> dict:
     device = torch.device(args.device)
     # Longer than the timed frames: the callback's shifted clips need more frames than a window.
     clip = source_clip(args.width, args.height, (args.frames + 1) * args.stride + 8)
+    plans = []
     if args.pipeline == "plugin":
+        # The memory plan the filter logs before its first frame (whole frames or tiles, cache).
+        vs.core.add_log_handler(lambda kind, text: plans.append(text) if text.startswith("Upscale:") else None)
         device_index = (device.index or 0) if device.type == "cuda" else -1
         out = vs.core.iedvr.Upscale(clip, model=args.model, device_index=device_index,
                                     fp16=int(args.fp16))
@@ -112,7 +115,7 @@ def run_pipeline(args) -> dict:
         out.get_frame(n)
         times.append(time.perf_counter() - start)
     result = {"median_s": statistics.median(times), "times_s": times,
-              "peak_rss_bytes": peak_rss_bytes()}
+              "peak_rss_bytes": peak_rss_bytes(), "plan": plans[0] if plans else None}
     if device.type == "cuda":
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
     return result
@@ -273,6 +276,8 @@ def bench(args) -> int:
             print(f"{PIPELINES[name]:44s} {result['median_s']:8.2f} {1 / result['median_s']:9.3f} "
                   f"{rate / 1e9:8.1f} {rate / peak:8.0%} {memory / 2**30:8.2f} GiB"
                   + (" (CUDA)" if "peak_cuda_bytes" in result else " (RSS)"))
+            if result.get("plan"):
+                print(f"  {result['plan']}")
         for name, label in (("python", "Python callback"), ("vs-mlrt-ov", "vs-mlrt-ov")):
             if "plugin" in results and name in results:
                 ratio = results[name]["median_s"] / results["plugin"]["median_s"]
