@@ -237,3 +237,28 @@ def test_a_seven_frame_model_through_vs_mlrt(seven, tmp_path):
         np.testing.assert_allclose(planes(result.get_frame(n)),
                                    expected(network, frames, window_of(n, 7, 3, [4])),
                                    atol=5e-5, err_msg=f"frame {n}")
+
+
+def test_bad_checkpoints_are_one_line_from_export(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"params": basicsr_network("EDVR_M_x4_SR_REDS_woTSA").state_dict()}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = tmp_path / "other.pth"  # another network's state dict (a plain SR network's)
+    torch.save({"params": {"conv_first.weight": torch.zeros(64, 3, 3, 3), "body.0.weight":
+                           torch.zeros(64, 64, 3, 3), "conv_last.weight": torch.zeros(3, 64, 3, 3)}},
+               other)
+    odd = tmp_path / "odd-features.pth"  # 20 features cannot split into 8 deformable groups
+    torch.manual_seed(0)
+    torch.save({"params": basicsr_edvr().EDVR(num_feat=20, num_extract_block=1,
+                                             num_reconstruct_block=1, with_tsa=False).state_dict()},
+               odd)
+    for checkpoint, message in [
+        (truncated, "is not a checkpoint that can be loaded safely"),
+        (other, "matches no EDVR layout: it has no conv_l2_1.weight"),
+        (odd, "matches no EDVR layout: its layout"),
+    ]:
+        result = export(checkpoint, tmp_path / "model.pt")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0 and len(lines) == 1, result.stderr
+        assert message in lines[0] and str(checkpoint) in lines[0], lines[0]

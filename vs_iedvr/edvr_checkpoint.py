@@ -38,8 +38,8 @@ def looks_like_edvr(state: dict) -> bool:
 def edvr_config(state: dict[str, torch.Tensor]) -> NetworkConfig:
     """The NetworkConfig whose network has exactly the keys and shapes of `state`."""
     if "conv_l2_1.weight" not in state:
-        raise CheckpointLayoutError("it is not an EDVR state dict: it has no conv_l2_1.weight "
-                                    "(the second pyramid level's convolution)")
+        raise CheckpointLayoutError("it has no conv_l2_1.weight (the second pyramid level's "
+                                    "convolution), which every EDVR has")
     num_feat = state["conv_l2_1.weight"].shape[0]
     if "predeblur.conv_first.weight" in state:
         preprocessing = "predeblur"
