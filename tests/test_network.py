@@ -87,7 +87,8 @@ def test_basicsr_edvr_m_checkpoint_loads_strictly(tmp_path):
 
 def test_wrong_checkpoint_is_rejected(tmp_path):
     torch.save({"params": {"conv_first.weight": torch.zeros(64, 3, 3, 3)}}, tmp_path / "bad.pth")
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(model_file.ModelFileError, match=r"bad.pth: its weights do not fit the "
+                       r"network: tensors \d+ missing \(such as conv_first.bias\)"):
         model_file.load_weights(build("edvr-m"), tmp_path / "bad.pth")
 
 

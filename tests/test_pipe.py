@@ -169,11 +169,11 @@ def readme_section(title: str) -> str:
 def test_the_readmes_script_and_pipe_run_as_printed(tmp_path, monkeypatch):
     """The README's script, unchanged, on a short YUV clip called in.mkv, through the README's pipe
     command with ffmpeg and the venv's bin folder put in for `ffmpeg` and `.venv/bin/`."""
-    section = readme_section("In a VapourSynth script")
+    section = readme_section("Use")
     script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'core.bs.VideoSource("in.mkv")' in script
     (tmp_path / "script.vpy").write_text(script)
-    pipe = re.search(r"`(\.venv/bin/vspipe -c y4m script\.vpy - \| ffmpeg [^`]*)`", section).group(1)
+    pipe = re.search(r"^(\.venv/bin/vspipe -c y4m script\.vpy - \| ffmpeg .*)$", section, re.M).group(1)
     assert "libx265" in pipe
     # A YUV 4:2:0 file without colour tags, as most are, 3 frames at 128x72.
     subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-i", str(DOG), "-frames:v", "3",

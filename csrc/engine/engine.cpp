@@ -295,8 +295,10 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
     engine->path = model_path;
     engine->split = engine->module.find_method("features").has_value() &&
                     engine->module.find_method("upscale").has_value();
-    check_weights_are_finite(engine->module);
-    check_network_matches_metadata(engine.get());
+    if (share_cache_with == nullptr) {  // the filter's other engines load the same file
+      check_weights_are_finite(engine->module);
+      check_network_matches_metadata(engine.get());
+    }
     const char* fusion_setting = std::getenv("IEDVR_CPU_FUSION");
     const bool fusion_off = fusion_setting != nullptr && std::string(fusion_setting) == "0";
     if (engine->device.is_cpu() && cpu_fusion::available() && !fusion_off) {
