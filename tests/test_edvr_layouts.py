@@ -216,6 +216,15 @@ def test_a_scale_1_model_returns_frames_of_the_input_size(tmp_path):
     with pytest.raises(vs.Error, match=r"scale=4 contradicts the model file .*deblur.pt, which "
                                        r"restores frames at their own size \(scale 1\)"):
         core.iedvr.Upscale(clip_of(frames), model=str(path), scale=4)
+    # The wrapper, on a YUV 4:2:0 clip: back in its format at its own size.
+    import vs_iedvr
+    yuv = core.resize.Bicubic(clip_of(smooth_frames(length=4, height=24, width=40)),
+                              format=vs.YUV420P8, matrix_s="709")
+    restored = vs_iedvr.upscale(yuv, model=str(path), fp16=0)
+    assert (restored.format.id, restored.width, restored.height) == (vs.YUV420P8, 40, 24)
+    restored.get_frame(1)
+    with pytest.raises(vs.Error, match=r"restores frames at their own size \(scale 1\)"):
+        vs_iedvr.upscale(yuv, model=str(path), scale=4)
 
 
 def test_a_seven_frame_model_through_vs_mlrt(seven, tmp_path):
