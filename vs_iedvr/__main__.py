@@ -181,19 +181,18 @@ def network_for_export(arch: str | None, scale: int | None, weights_path: str | 
         return arch or "iedvr-m", net, provenance
     try:
         config = edvr_checkpoint.edvr_config(state)
+        found = edvr_checkpoint.edvr_arch_name(config)
+        if arch not in (None, EDVR_FROM_FILE, found):
+            raise ValueError(f"--arch {arch} contradicts {weights_path}, which holds an EDVR of the "
+                             f"{found} layout ({config.num_feat} features, {config.num_frame} "
+                             f"frames, {config.num_reconstruct_block} reconstruction blocks): leave "
+                             "--arch out")
+        if scale is not None and scale != config.scale:
+            raise ValueError(f"--scale {scale} contradicts {weights_path}, whose network has scale "
+                             f"{config.scale}: leave --scale out")
+        return found, edvr_checkpoint.edvr_network(config, state), provenance
     except edvr_checkpoint.CheckpointLayoutError as error:
         raise ValueError(f"{weights_path} matches no EDVR layout: {error}") from None
-    found = edvr_checkpoint.edvr_arch_name(config)
-    if arch not in (None, EDVR_FROM_FILE, found):
-        raise ValueError(f"--arch {arch} contradicts {weights_path}, which holds an EDVR of the "
-                         f"{found} layout ({config.num_feat} features, {config.num_frame} frames, "
-                         f"{config.num_reconstruct_block} reconstruction blocks): leave --arch out")
-    if scale is not None and scale != config.scale:
-        raise ValueError(f"--scale {scale} contradicts {weights_path}, whose network has scale "
-                         f"{config.scale}: leave --scale out")
-    net = network.IEDVR(config)
-    model_file.load_state_strictly(net, state, weights_path)
-    return found, net, provenance
 
 
 def _check_device(device: str, dtype: torch.dtype) -> float:

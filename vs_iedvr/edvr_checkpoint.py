@@ -4,6 +4,7 @@ fusion convolution, the pre-deblurring module, restoration at the input's size (
 block counts.
 
     config = edvr_config(state)          # NetworkConfig, or CheckpointLayoutError
+    network = edvr_network(config, state)  # its network with the weights, or CheckpointLayoutError
     arch = edvr_arch_name(config)        # "edvr-m", "edvr-l" or "edvr"
 
 BasicSR's option files (options/test/EDVR/*.yml) give the official models' settings; each one is
@@ -36,7 +37,8 @@ def looks_like_edvr(state: dict) -> bool:
 
 
 def edvr_config(state: dict[str, torch.Tensor]) -> NetworkConfig:
-    """The NetworkConfig whose network has exactly the keys and shapes of `state`."""
+    """The NetworkConfig that the keys and shapes of `state` describe (edvr_network checks that
+    its network has exactly those)."""
     if "conv_l2_1.weight" not in state:
         raise CheckpointLayoutError("it has no conv_l2_1.weight (the second pyramid level's "
                                     "convolution), which every EDVR has")
@@ -70,12 +72,18 @@ def edvr_config(state: dict[str, torch.Tensor]) -> NetworkConfig:
                   num_extract_block=_count(state, r"feature_extraction\.(\d+)\.conv1\.weight"),
                   num_reconstruct_block=_count(state, r"reconstruction\.(\d+)\.conv1\.weight"))
     try:
-        config = NetworkConfig(**values)
+        return NetworkConfig(**values)
     except ValueError as error:
         raise CheckpointLayoutError(f"its layout ({values}) is not one this network builds: "
                                     f"{error}") from None
-    check_layout(IEDVR(config), state)
-    return config
+
+
+def edvr_network(config: NetworkConfig, state: dict[str, torch.Tensor]) -> IEDVR:
+    """The network of `config` with the weights of `state`, whose every key and shape it has."""
+    network = IEDVR(config)
+    check_layout(network, state)
+    network.load_state_dict(state, strict=True)
+    return network
 
 
 def check_layout(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
