@@ -1,0 +1,41 @@
+"""Set before any test module imports torch (OpenMP reads it when its library loads), and inherited
+by every process the tests start (vspipe, the bench's pipelines, the wheel's venv).
+
+OpenMP's worker threads wait for work by spinning unless OMP_WAIT_POLICY=PASSIVE: on a machine
+whose cores other processes keep busy, the spinning threads take turns with the one thread that
+has work, and the many small parallel loops of loading a model and planning its memory took a
+minute per filter instead of seconds (a bench pipeline: 56 s against 10 s beside one other busy
+process on 2 cores). It changes when idle threads sleep, not how work is split: no frame
+depends on it. A value already set wins, so OMP_WAIT_POLICY=ACTIVE ./run test runs as before."""
+
+import os
+import subprocess
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def run_here(capfd, monkeypatch, tmp_path):
+    """`python -m MODULE ARGS...` (vs_iedvr or vs_iedvr.training) run in this process, as its
+    main(argv) from `tmp_path`: its exit status (argparse's SystemExit included) and what it wrote
+    to file descriptors 1 and 2, so that output from C++ or a library counts too. A fresh process
+    per command cost seconds of importing torch; tests/test_cli_errors.py runs the entry points
+    themselves in processes."""
+    from vs_iedvr.__main__ import main as iedvr_main
+    from vs_iedvr.training.__main__ import main as train_main
+
+    mains = {"vs_iedvr": iedvr_main, "vs_iedvr.training": train_main}
+    monkeypatch.chdir(tmp_path)
+
+    def run_here(module: str, *args) -> subprocess.CompletedProcess:
+        capfd.readouterr()  # what came before is not the command's
+        try:
+            status = mains[module](list(map(str, args)))
+        except SystemExit as exit:
+            status = exit.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([module, *map(str, args)], status, out, err)
+
+    return run_here
