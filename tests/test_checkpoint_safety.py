@@ -1,10 +1,9 @@
 """Checkpoints are loaded with torch.load(weights_only=True): tensors, containers and numbers only.
 A crafted pickle whose __reduce__ runs code (here: creates a marker file) is refused, with one line
-naming the file, wherever a command reads a checkpoint, and its code never runs."""
+naming the file, wherever a command reads a checkpoint, and its code never runs. The commands run
+in this process (run_here, in conftest.py), where a payload that ran would leave its marker too."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -46,43 +45,37 @@ def test_load_checkpoint_refuses_the_payload_naming_the_file(crafted):
     assert not marker.exists()
 
 
-def run(module, *args, cwd):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
-
-
-def train(tmp_path, out_dir, *options):
+def train(run_here, tmp_path, out_dir, *options):
     write_clip(tmp_path / "clips" / "000", frames=5)
-    return run("vs_iedvr.training", "train", "--data", tmp_path / "clips", "--out-dir", out_dir,
-               "--network", *[f"{k}={v}" for k, v in TINY_NETWORK.items()], "--patch-size", "8",
-               "--num-workers", "0", "--iterations", "1", "--validation-fraction", "0", *options,
-               cwd=tmp_path)
+    return run_here("vs_iedvr.training", "train", "--data", tmp_path / "clips", "--out-dir", out_dir,
+                    "--network", *[f"{k}={v}" for k, v in TINY_NETWORK.items()], "--patch-size",
+                    "8", "--num-workers", "0", "--iterations", "1", "--validation-fraction", "0",
+                    *options)
 
 
-def test_train_does_not_resume_from_a_crafted_last_pt(crafted, tmp_path):
+def test_train_does_not_resume_from_a_crafted_last_pt(crafted, tmp_path, run_here):
     path, marker = crafted
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     path.rename(out_dir / "last.pt")
-    result = train(tmp_path, out_dir)
+    result = train(run_here, tmp_path, out_dir)
     assert_one_line(result, f"{out_dir / 'last.pt'} is not a vs-iedvr checkpoint that can be "
                             "loaded safely")
     assert not marker.exists()
     assert not (out_dir / "model.pt").exists()
 
 
-def test_train_does_not_warm_start_from_a_crafted_checkpoint(crafted, tmp_path):
+def test_train_does_not_warm_start_from_a_crafted_checkpoint(crafted, tmp_path, run_here):
     path, marker = crafted
-    result = train(tmp_path, tmp_path / "run", "--init", path)
+    result = train(run_here, tmp_path, tmp_path / "run", "--init", path)
     assert_one_line(result, "--init", str(path))
     assert not marker.exists()
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
-def test_export_does_not_load_crafted_weights(crafted, tmp_path):
+def test_export_does_not_load_crafted_weights(crafted, tmp_path, run_here):
     path, marker = crafted
-    result = run("vs_iedvr", "export", "--weights", path, "--output", tmp_path / "out.pt",
-                 cwd=tmp_path)
+    result = run_here("vs_iedvr", "export", "--weights", path, "--output", tmp_path / "out.pt")
     assert_one_line(result, f"{path} is not a checkpoint that can be loaded safely")
     assert not marker.exists()
     assert not (tmp_path / "out.pt").exists()

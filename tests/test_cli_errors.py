@@ -1,8 +1,12 @@
 """Every command-line error of vs-iedvr and vs-iedvr-train is one line on stderr naming the file or
 argument at fault, with a non-zero exit status; --debug (or IEDVR_DEBUG=1) shows the traceback.
 
-Each case runs the real command in a fresh process on a bad input. `vs-iedvr selftest` has no case:
-it fails only when the compiled operator computes wrong values, which no input can cause.
+Each case runs the command's main(argv) in this process on a bad input (run_here, in conftest.py),
+its exit status and what it wrote to file descriptors 1 and 2 captured (so that output from C++ or
+a library counts too): a fresh process per case cost several seconds of importing torch. A few cases run the real command
+in a fresh process, for what only a process shows: the `python -m` entry points, the exit status
+they return, Python's own traceback with --debug. `vs-iedvr selftest` has no case: it fails only
+when the compiled operator computes wrong values, which no input can cause.
 """
 
 import argparse
@@ -82,10 +86,17 @@ def files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["flipped.pt", "notes.txt", "archive.zip", "checkpoint.pt"])
-def test_info_on_a_file_that_is_not_a_model(files, tmp_path, name):
-    line = assert_one_line(run("vs_iedvr", "info", files / name, cwd=tmp_path), name)
+def test_info_on_a_file_that_is_not_a_model(files, run_here, name):
+    line = assert_one_line(run_here("vs_iedvr", "info", files / name), name)
     if name == "flipped.pt":
         assert "is damaged" in line
+
+
+def test_the_vs_iedvr_process_exits_2_with_one_line(files, tmp_path):
+    # The entry point as a user runs it: the status reaches the shell, and nothing else (an import's
+    # warning, a library's message) reaches stderr.
+    line = assert_one_line(run("vs_iedvr", "info", files / "flipped.pt", cwd=tmp_path), "flipped.pt")
+    assert "is damaged" in line
 
 
 @pytest.mark.parametrize("option, value, name", [
@@ -93,15 +104,14 @@ def test_info_on_a_file_that_is_not_a_model(files, tmp_path, name):
     ("--weights", "missing.pt", "missing.pt"),
     ("--from-model", "missing.pt", "missing.pt"),
 ])
-def test_export_from_a_file_it_cannot_use(files, tmp_path, option, value, name):
-    result = run("vs_iedvr", "export", option, files / value, "--output", tmp_path / "out.pt",
-                 cwd=tmp_path)
+def test_export_from_a_file_it_cannot_use(files, tmp_path, run_here, option, value, name):
+    result = run_here("vs_iedvr", "export", option, files / value, "--output", tmp_path / "out.pt")
     assert_one_line(result, name)
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_bench_with_no_frames(files, tmp_path):
-    result = run("vs_iedvr", "bench", "--frames", "0", "--model", files / "small.pt", cwd=tmp_path)
+def test_bench_with_no_frames(files, run_here):
+    result = run_here("vs_iedvr", "bench", "--frames", "0", "--model", files / "small.pt")
     assert_one_line(result, "--frames", "'0'")
 
 
@@ -121,29 +131,36 @@ def train_args(files, tmp_path, *options):
     (["--device", "cuda"], ["--device cuda"]),
 ], ids=["learning-rate-nan", "scale-3", "unknown-arch", "negative-workers", "batch-size-0",
         "iterations-minus-1", "cuda-without-gpu"])
-def test_train_with_a_bad_option(files, tmp_path, options, names):
+def test_train_with_a_bad_option(files, tmp_path, run_here, options, names):
     if options[0] == "--device" and torch.cuda.is_available():
         pytest.skip("torch sees a GPU: --device cuda is no error here")
-    result = run("vs_iedvr.training", *train_args(files, tmp_path, *options), cwd=tmp_path)
+    result = run_here("vs_iedvr.training", *train_args(files, tmp_path, *options))
     assert_one_line(result, *names)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_train_on_a_truncated_video(files, tmp_path):
+def test_the_vs_iedvr_train_process_exits_2_with_one_line(files, tmp_path):
+    # The training entry point as a user runs it, on the bad option that was a ZeroDivisionError.
+    result = run("vs_iedvr.training", *train_args(files, tmp_path, "--batch-size", "0"), cwd=tmp_path)
+    assert_one_line(result, "--batch-size", "0")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_train_on_a_truncated_video(files, tmp_path, run_here):
     # It used to decode to an empty clip and fail on its first frame with an IndexError.
     args = train_args(files, tmp_path)
     args = (*args[:2], files / "truncated.mkv", *args[3:])
-    line = assert_one_line(run("vs_iedvr.training", *args, cwd=tmp_path), "truncated.mkv")
+    line = assert_one_line(run_here("vs_iedvr.training", *args), "truncated.mkv")
     assert "no frame could be decoded" in line or "cannot decode" in line
 
 
-def test_evaluate_a_damaged_model_file(files, tmp_path):
-    result = run("vs_iedvr.training", "evaluate", files / "flipped.pt", files / "clips", cwd=tmp_path)
+def test_evaluate_a_damaged_model_file(files, run_here):
+    result = run_here("vs_iedvr.training", "evaluate", files / "flipped.pt", files / "clips")
     assert_one_line(result, "flipped.pt", "is damaged")
 
 
-def test_fetch_data_into_a_file(files, tmp_path):
-    result = run("vs_iedvr.training", "fetch-data", files / "notes.txt", cwd=tmp_path)
+def test_fetch_data_into_a_file(files, run_here):
+    result = run_here("vs_iedvr.training", "fetch-data", files / "notes.txt")
     assert_one_line(result, "notes.txt")
     assert (files / "notes.txt").read_text() == "not a model\n"
 
