@@ -2,9 +2,7 @@
 BasicSR's own EDVR (tests/basicsr_oracle.py), and a 7-frame model in every path of the filter
 against the eager network on the same windows."""
 
-import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -57,9 +55,10 @@ def offsets_abs_mean(network, frames) -> float:
     return float(seen[0])
 
 
-def export(checkpoint, output, *arguments) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-P", "-m", "vs_iedvr", "export", "--weights", str(checkpoint),
-                           "--output", str(output), *arguments], capture_output=True, text=True)
+def export(run_here, checkpoint, output, *arguments) -> subprocess.CompletedProcess:
+    """`vs-iedvr export --weights CHECKPOINT --output OUTPUT ...`, run in this process (its process
+    entry point is tested in test_cli_errors.py)."""
+    return run_here("vs_iedvr", "export", "--weights", checkpoint, "--output", output, *arguments)
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +67,13 @@ def frames():
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_basicsr_checkpoints_run_exactly_through_the_filter(layout, frames, tmp_path):
+def test_basicsr_checkpoints_run_exactly_through_the_filter(layout, frames, tmp_path, run_here):
     reference = basicsr_network(layout)
     num_frame = LAYOUTS[layout].get("num_frame", 5)
     assert offsets_abs_mean(reference, frames[:num_frame][None]) > 2.0
     checkpoint = tmp_path / f"{layout}.pth"
     torch.save({"params": reference.state_dict()}, checkpoint)
-    result = export(checkpoint, tmp_path / "model.pt")  # no --arch: the file says it all
+    result = export(run_here, checkpoint, tmp_path / "model.pt")  # no --arch: the file says it all
     assert result.returncode == 0, result.stderr
     metadata = model_file.read_metadata(tmp_path / "model.pt")
     scale = 1 if LAYOUTS[layout].get("hr_in") else 4
@@ -91,15 +90,15 @@ def test_basicsr_checkpoints_run_exactly_through_the_filter(layout, frames, tmp_
         np.testing.assert_allclose(planes(out.get_frame(n)), oracle, atol=1e-5, rtol=0)
 
 
-def test_the_layout_is_read_from_the_file_and_an_arch_that_contradicts_it_is_refused(tmp_path):
+def test_the_layout_is_read_from_the_file_and_an_arch_that_contradicts_it_is_refused(tmp_path, run_here):
     reference = basicsr_network("EDVR_L_x4_SR_Vimeo90K")
     checkpoint = tmp_path / "vimeo.pth"
     torch.save({"params": reference.state_dict()}, checkpoint)
     config = edvr_config(reference.state_dict())
     assert (config.num_frame, config.fusion, config.num_feat, config.deformable_groups,
             config.num_extract_block, config.num_reconstruct_block) == (7, "tsa", 16, 4, 2, 2)
-    assert export(checkpoint, tmp_path / "a.pt", "--arch", "edvr").returncode == 0
-    refused = export(checkpoint, tmp_path / "b.pt", "--arch", "iedvr-m")
+    assert export(run_here, checkpoint, tmp_path / "a.pt", "--arch", "edvr").returncode == 0
+    refused = export(run_here, checkpoint, tmp_path / "b.pt", "--arch", "iedvr-m")
     assert refused.returncode != 0
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "iedvr-m" in lines[0] and "edvr" in lines[0], refused.stderr
@@ -115,12 +114,12 @@ def test_the_layout_is_read_from_the_file_and_an_arch_that_contradicts_it_is_ref
     (lambda state: state.update({"pcd_align.dcn_pack.l1.conv_offset.weight": torch.zeros(12, 32, 3, 3)}),
      "not 3 x 9 channels per deformable group"),
 ])
-def test_a_checkpoint_of_no_known_layout_is_one_line_naming_the_key(tmp_path, change, message):
+def test_a_checkpoint_of_no_known_layout_is_one_line_naming_the_key(tmp_path, run_here, change, message):
     state = basicsr_network("EDVR_L_x4_SRblur_REDS").state_dict()
     change(state)
     checkpoint = tmp_path / "odd.pth"
     torch.save({"params": state}, checkpoint)
-    result = export(checkpoint, tmp_path / "odd.pt")
+    result = export(run_here, checkpoint, tmp_path / "odd.pt")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert message in lines[0] and str(checkpoint) in lines[0], lines[0]
@@ -247,7 +246,7 @@ def test_a_seven_frame_model_through_vs_mlrt(seven, tmp_path):
                                    atol=5e-5, err_msg=f"frame {n}")
 
 
-def test_bad_checkpoints_are_one_line_from_export(tmp_path):
+def test_bad_checkpoints_are_one_line_from_export(tmp_path, run_here):
     good = tmp_path / "good.pth"
     torch.save({"params": basicsr_network("EDVR_M_x4_SR_REDS_woTSA").state_dict()}, good)
     truncated = tmp_path / "truncated.pth"
@@ -266,7 +265,7 @@ def test_bad_checkpoints_are_one_line_from_export(tmp_path):
         (other, "matches no EDVR layout: it has no conv_l2_1.weight"),
         (odd, "matches no EDVR layout: its layout"),
     ]:
-        result = export(checkpoint, tmp_path / "model.pt")
+        result = export(run_here, checkpoint, tmp_path / "model.pt")
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode != 0 and len(lines) == 1, result.stderr
         assert message in lines[0] and str(checkpoint) in lines[0], lines[0]
