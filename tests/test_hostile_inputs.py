@@ -66,7 +66,7 @@ def test_looped_clip_of_two_billion_frames(small_model):
     assert "DONE 2147483647" in result.stdout
 
 
-@pytest.mark.parametrize("field, value, message", [
+INVALID_METADATA = [
     ("num_frames", 0, '"num_frames" is 0; expected an integer from 1 to 15'),
     ("num_frames", 4, '"num_frames" is 4; expected an odd number'),
     ("num_frames", -1, '"num_frames" is -1; expected an integer from 1 to 15'),
@@ -75,18 +75,27 @@ def test_looped_clip_of_two_billion_frames(small_model):
     ("scale", -4, '"scale" is -4; expected an integer from 1 to 8'),
     ("scale", 10**40, '"scale" is ' + "1" + "0" * 23 + "...; expected"),
     ("format_version", 99, "format version 99; this vs-iedvr reads up to 1"),
-])
-def test_invalid_metadata_is_named(small_model, tmp_path, field, value, message):
-    damaged = with_metadata(small_model, tmp_path / "damaged.pt", **{field: value})
+]
+
+
+def test_invalid_metadata_is_named(small_model, tmp_path):
+    # Every case in one process (each used to start its own, seconds apiece): the good model
+    # still works after all of them.
+    damaged = [with_metadata(small_model, tmp_path / f"damaged-{i}.pt", **{field: value})
+               for i, (field, value, _) in enumerate(INVALID_METADATA)]
     result = run_script("""
-        check(lambda: core.iedvr.Upscale(clip, model={damaged}, device_index=-1))
+        import json
+        for path in json.loads({damaged}):
+            check(lambda: core.iedvr.Upscale(clip, model=path, device_index=-1))
         check(lambda: core.iedvr.Upscale(clip, model={good}, device_index=-1).get_frame(0))
-    """, damaged=damaged, good=small_model)
+    """, damaged=json.dumps([str(p) for p in damaged]), good=small_model)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("ERROR") and message in lines[0], lines
-    assert str(damaged) in lines[0]
-    assert lines[1] == "OK"
+    assert len(lines) == len(INVALID_METADATA) + 1, lines
+    for path, (field, value, message), line in zip(damaged, INVALID_METADATA, lines):
+        assert line.startswith("ERROR") and message in line, (field, value, line)
+        assert str(path) in line, line
+    assert lines[-1] == "OK"
 
 
 def test_directories_and_special_files_are_named(small_model, tmp_path):
@@ -114,29 +123,32 @@ def test_small_tiles_get_a_fitting_default_overlap(small_model):
     assert "overlap must be at least 0 and less than half" in lines[1] and "8x8" in lines[1]
 
 
-@pytest.mark.parametrize("format", ["RGBS", "RGBH"])
-def test_non_finite_input_is_an_error_naming_the_frame(small_model, format):
+def test_non_finite_input_is_an_error_naming_the_frame(small_model):
+    # Both formats in one process.
     result = run_script("""
         import numpy as np
-        src = core.std.BlankClip(clip, format=getattr(vs, {format}))
-        def poison(n, f):
-            out = f.copy()
-            if n == 6:
-                np.asarray(out[1])[3, 4] = np.nan
-            if n == 9:
-                np.asarray(out[2])[0, 0] = np.inf
-            return out
-        bad = core.std.ModifyFrame(src, src, poison)
-        up = core.iedvr.Upscale(bad, model={model}, device_index=-1)
-        for n in (0, 4, 6, 9):
-            check(lambda: up.get_frame(n))
-    """, model=small_model, format=format)
+        for format in (vs.RGBS, vs.RGBH):
+            src = core.std.BlankClip(clip, format=format)
+            def poison(n, f):
+                out = f.copy()
+                if n == 6:
+                    np.asarray(out[1])[3, 4] = np.nan
+                if n == 9:
+                    np.asarray(out[2])[0, 0] = np.inf
+                return out
+            bad = core.std.ModifyFrame(src, src, poison)
+            up = core.iedvr.Upscale(bad, model={model}, device_index=-1)
+            for n in (0, 4, 6, 9):
+                check(lambda: up.get_frame(n))
+    """, model=small_model)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "OK"  # frames 0..2 are outside every poisoned window
-    assert "frame 4: input frame 6 holds NaN or infinite values (plane 1)" in lines[1]
-    assert "frame 6: input frame 6 holds NaN" in lines[2]
-    assert "frame 9: input frame" in lines[3] and "holds NaN or infinite values" in lines[3]
+    assert len(lines) == 8, lines
+    for format, four in (("RGBS", lines[:4]), ("RGBH", lines[4:])):
+        assert four[0] == "OK", (format, four)  # frames 0..2 are outside every poisoned window
+        assert "frame 4: input frame 6 holds NaN or infinite values (plane 1)" in four[1], (format, four)
+        assert "frame 6: input frame 6 holds NaN" in four[2], (format, four)
+        assert "frame 9: input frame" in four[3] and "holds NaN or infinite values" in four[3], (format, four)
 
 
 def test_scale_selects_or_checks_the_model(small_model):
@@ -291,31 +303,35 @@ def test_a_model_whose_output_is_not_finite_fails_the_frame_naming_the_model(tmp
         assert ("fp16=0" in line) == bool(fp16), line
 
 
-@pytest.mark.parametrize("format, huge", [("RGBS", 3.4e38), ("RGBH", 65504.0)])
-def test_huge_finite_input_is_clamped_to_the_range_the_network_takes(small_model, format, huge):
+def test_huge_finite_input_is_clamped_to_the_range_the_network_takes(small_model):
     # Such a pixel used to turn the whole upscaled frame into NaN. Oracle: the same frames with
-    # the value clamped to 2 (the top of [-1, 2]) by std.Expr before the filter.
+    # the value clamped to 2 (the top of [-1, 2]) by std.Expr before the filter. Both formats in
+    # one process: the largest finite value of each.
     result = run_script("""
         import numpy as np
-        src = core.std.BlankClip(clip, format=getattr(vs, {format}))
-        def poison(n, f):
-            out = f.copy()
-            np.asarray(out[1])[3:9, 4:12] = float({huge})
-            np.asarray(out[2])[10, 20] = -float({huge})
-            return out
-        bad = core.std.ModifyFrame(src, src, poison)
-        clamped = core.std.Expr(bad, "x -1 max 2 min")
-        for fp16 in (0, 1):
-            a = core.iedvr.Upscale(bad, model={model}, device_index=-1, fp16=fp16).get_frame(5)
-            b = core.iedvr.Upscale(clamped, model={model}, device_index=-1, fp16=fp16).get_frame(5)
-            planes_a = [np.asarray(a[p]).astype(np.float32) for p in range(3)]
-            planes_b = [np.asarray(b[p]).astype(np.float32) for p in range(3)]
-            print(all(np.isfinite(p).all() for p in planes_a),
-                  max(float(np.abs(x - y).max()) for x, y in zip(planes_a, planes_b)))
-    """, model=small_model, format=format, huge=huge)
+        for format, huge in ((vs.RGBS, 3.4e38), (vs.RGBH, 65504.0)):
+            src = core.std.BlankClip(clip, format=format)
+            def poison(n, f):
+                out = f.copy()
+                np.asarray(out[1])[3:9, 4:12] = huge
+                np.asarray(out[2])[10, 20] = -huge
+                return out
+            bad = core.std.ModifyFrame(src, src, poison)
+            clamped = core.std.Expr(bad, "x -1 max 2 min")
+            for fp16 in (0, 1):
+                a = core.iedvr.Upscale(bad, model={model}, device_index=-1, fp16=fp16).get_frame(5)
+                b = core.iedvr.Upscale(clamped, model={model}, device_index=-1, fp16=fp16).get_frame(5)
+                planes_a = [np.asarray(a[p]).astype(np.float32) for p in range(3)]
+                planes_b = [np.asarray(b[p]).astype(np.float32) for p in range(3)]
+                print(format.name, fp16, all(np.isfinite(p).all() for p in planes_a),
+                      max(float(np.abs(x - y).max()) for x, y in zip(planes_a, planes_b)))
+    """, model=small_model)
     assert result.returncode == 0, result.stderr
-    for line in result.stdout.splitlines():
-        finite, difference = line.split()
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["RGBS", "0"], ["RGBS", "1"], ["RGBH", "0"],
+                                                   ["RGBH", "1"]], result.stdout
+    for line in lines:
+        _, _, finite, difference = line.split()
         assert finite == "True" and float(difference) == 0.0, result.stdout
 
 
