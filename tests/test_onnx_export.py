@@ -179,15 +179,13 @@ def test_fixed_size_and_float16_weights(tmp_path, small_with_offsets):
     assert np.abs(result - network_output(small_with_offsets, stacked)).max() > 5e-6
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-P", "-m", "vs_iedvr", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, cwd=cwd)
+# The command runs in this process (run_here, conftest.py): its process entry point is tested in
+# test_cli_errors.py.
 
-
-def test_cli_exports_a_model_file(tmp_path):
+def test_cli_exports_a_model_file(tmp_path, run_here):
     net = export_small_network(tmp_path / "small.pt", "iedvr-small", {"source": "test weights"})
-    run = run_cli("export", "--format", "onnx", "--target", "openvino", "--from-model",
-                  tmp_path / "small.pt", "--output", tmp_path / "small.onnx", cwd=tmp_path)
+    run = run_here("vs_iedvr", "export", "--format", "onnx", "--target", "openvino", "--from-model",
+                   tmp_path / "small.pt", "--output", tmp_path / "small.onnx")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "small.onnx: iedvr-small x4 for openvino, input [1, 15, H, W] (dynamic)" in run.stdout
     metadata = onnx_export.read_onnx_metadata(tmp_path / "small.onnx")
@@ -204,8 +202,8 @@ def test_cli_exports_a_model_file(tmp_path):
     (["--target", "tensorrt"], "--target and --size are for --format onnx"),
     (["--from-model", "default.pt", "--arch", "edvr-m"], "leave out --arch, --scale and --weights"),
 ])
-def test_cli_refuses_contradictory_arguments(tmp_path, args, message):
-    run = run_cli("export", *args, "--output", tmp_path / "x.onnx", cwd=tmp_path)
+def test_cli_refuses_contradictory_arguments(tmp_path, run_here, args, message):
+    run = run_here("vs_iedvr", "export", *args, "--output", tmp_path / "x.onnx")
     assert run.returncode == 2 and message in run.stderr
     assert not (tmp_path / "x.onnx").exists()
 
