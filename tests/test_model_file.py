@@ -198,10 +198,12 @@ def test_newer_format_is_refused(exported, tmp_path):
         model_file.load_model(newer)
 
 
-def test_command_line_export_and_info(tmp_path):
+# The commands run in this process (run_here, conftest.py): the process entry point is tested in
+# test_cli_errors.py, and below with an address-space limit.
+
+def test_command_line_export_and_info(tmp_path, run_here):
     output = tmp_path / "edvr.pt"
-    run = lambda *args: subprocess.run([sys.executable, "-m", "vs_iedvr", *args], cwd=tmp_path,
-                                       capture_output=True, text=True, timeout=300)
+    run = lambda *args: run_here("vs_iedvr", *args)
     result = run("export", "--arch", "edvr-m", "--output", str(output))
     assert result.returncode == 0, result.stderr
     result = run("info", str(output), "--size", "16x8")
@@ -212,9 +214,8 @@ def test_command_line_export_and_info(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def test_command_line_selftest_and_installation_info(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "vs_iedvr", *args], cwd=tmp_path,
-                                       capture_output=True, text=True, timeout=300)
+def test_command_line_selftest_and_installation_info(run_here):
+    run = lambda *args: run_here("vs_iedvr", *args)
     selftest = run("selftest")
     assert selftest.returncode == 0, selftest.stderr
     assert "selftest passed" in selftest.stdout
