@@ -99,8 +99,11 @@ def venv(work, wheel) -> Path:
     """A fresh venv of the Python that runs the tests, with the wheel installed by plain pip."""
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=clean_environment())
-    # A compiler that always fails: pip must not build anything.
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+    # A compiler that always fails: pip must not build anything. --no-compile: pip would otherwise
+    # byte-compile the thousands of modules of torch and its dependencies (tens of seconds here),
+    # which Python does by itself on import.
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                             "--no-compile", str(wheel)],
                             capture_output=True, text=True, timeout=1800,
                             env=clean_environment(CC="false", CXX="false"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -147,24 +150,26 @@ def test_libraries_find_torch_through_their_runpath_only(venv):
         assert all(entry.startswith("$ORIGIN/") for entry in runpath), runpath
 
 
-def frames_from_the_demo_clip(path: Path) -> np.ndarray:
-    """5 frames of demo/dog.mkv reduced to 48x32, saved to `path` as float RGB [5, 3, 32, 48]."""
+@pytest.fixture(scope="module")
+def demo_frames(work) -> np.ndarray:
+    """5 frames of demo/dog.mkv reduced to 48x32, saved to input.npy as float RGB [5, 3, 32, 48]."""
     clip = core.bs.VideoSource(str(REPO / "demo" / "dog.mkv"), cachemode=0)
     clip = core.resize.Bicubic(clip, 48, 32, format=vs.RGBS)[:5]
     frames = np.stack([np.stack([np.asarray(f[p]) for p in range(3)]) for f in clip.frames()])
-    np.save(path, frames)
+    np.save(work / "input.npy", frames)
     return frames
 
 
-def upscale_here(input: Path) -> np.ndarray:
-    """The same computation with this checkout's install."""
+@pytest.fixture(scope="module")
+def upscaled_here(demo_frames, work) -> np.ndarray:
+    """The same computation with this checkout's install (once for both tests that compare)."""
     namespace = {}
-    exec(UPSCALED.format(input=str(input)), namespace)
+    exec(UPSCALED.format(input=str(work / "input.npy")), namespace)
     return np.stack([np.stack([np.asarray(f[p]) for p in range(3)]) for f in namespace["up"].frames()])
 
 
-def test_upscale_in_python_without_vapoursynth_config(venv, work):
-    frames = frames_from_the_demo_clip(work / "input.npy")
+def test_upscale_in_python_without_vapoursynth_config(venv, work, demo_frames, upscaled_here):
+    frames = demo_frames
     script = work / "upscale.py"
     script.write_text(UPSCALED.format(input=str(work / "input.npy"))
                       + SAVE_AND_REPORT.format(output=str(work / "output.npy")))
@@ -186,7 +191,7 @@ def test_upscale_in_python_without_vapoursynth_config(venv, work):
     out = np.load(work / "output.npy")
     assert out.shape == (5, 3, 128, 192) and np.isfinite(out).all()
     # The same libraries and torch: the same frames as this checkout's install.
-    np.testing.assert_allclose(out, upscale_here(work / "input.npy"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out, upscaled_here, rtol=0, atol=1e-5)
     # And an upscaled picture, not noise: the network adds detail to a smooth upscale, so the
     # frames stay close to torch's bicubic x4 of the input.
     reference = torch.nn.functional.interpolate(torch.from_numpy(frames), scale_factor=4,
@@ -194,8 +199,7 @@ def test_upscale_in_python_without_vapoursynth_config(venv, work):
     assert 10 * np.log10(1 / float(np.mean((out - reference) ** 2))) > 25
 
 
-def test_vspipe_needs_vapoursynth_config_then_runs(venv, work):
-    frames_from_the_demo_clip(work / "input.npy")
+def test_vspipe_needs_vapoursynth_config_then_runs(venv, work, upscaled_here):
     script = work / "upscale.vpy"
     script.write_text(UPSCALED.format(input=str(work / "input.npy")) + "up.set_output()\n")
     config = work / "config"
@@ -212,7 +216,7 @@ def test_vspipe_needs_vapoursynth_config_then_runs(venv, work):
     raw = subprocess.run([vspipe, str(script), "-"], capture_output=True, timeout=600, env=env)
     assert raw.returncode == 0, raw.stderr.decode()
     out = np.frombuffer(raw.stdout, np.float32).reshape(5, 3, 128, 192)[:, [2, 0, 1]]
-    np.testing.assert_allclose(out, upscale_here(work / "input.npy"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out, upscaled_here, rtol=0, atol=1e-5)
 
 
 def test_the_command_line_tool_checks_the_operator(venv):
