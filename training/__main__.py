@@ -3,7 +3,9 @@
     vs-iedvr-train train --data clips/ video.mkv stills:photos/ --out-dir runs/x4 \
         [--arch iedvr-m] [--network num_feat=32 num_enhance_block=3] [--iterations 100000] ...
     torchrun --nproc-per-node 2 --no-python vs-iedvr-train train ...   # several processes
+    vs-iedvr-train profile --data ... [train's options] [--steps 6]   # where a step's time goes
     vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0] [--fp16] [--plugin]
+                                           [--conditions clean crf18 crf23 crf28]
     vs-iedvr-train fetch-data data/default     # the default weights' data, from the registries
 
 Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
@@ -16,13 +18,16 @@ anything else. --debug (before or after the command) or IEDVR_DEBUG=1 shows its 
 import argparse
 import ast
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from vs_iedvr.__main__ import ArgumentParser, add_debug_option, run_command
+from vs_iedvr.bench import positive_int
 
 from .default_data import fetch
 from .evaluate import evaluate_command
+from .profile import profile_command
 from .train import TrainConfig, train
 
 
@@ -55,10 +60,14 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"{sentence} Default: {default if default != '' else 'empty'}.")
 
 
-def train_command(args) -> int:
+def config_of(args) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["network"] = dict(values["network"])
-    model_path = train(TrainConfig(**values))
+    return TrainConfig(**values)
+
+
+def train_command(args) -> int:
+    model_path = train(config_of(args))
     print(f"model file: {model_path or 'not written (--no-export)'}")
     return 0
 
@@ -80,6 +89,18 @@ def main(argv=None) -> int:
                     "to stderr, and at the end the plugin's model file OUT_DIR/model.pt.")
     add_config_options(train_parser)
     train_parser.set_defaults(run=train_command)
+    profile_parser = commands.add_parser(
+        "profile", help="time the parts of a training step",
+        description="Time the parts of a training step of the run that `train` with the same "
+                    "options would make (nothing is written): the batch, the forward by module, "
+                    "the backward (deformable convolutions, convolutions, the rest), the "
+                    "optimiser; steps/s and GFLOP/s against this machine's measured peaks.")
+    add_config_options(profile_parser)
+    profile_parser.add_argument("--steps", type=positive_int, default=6,
+                                help="timed steps (default 6)")
+    profile_parser.add_argument("--warmup-steps", type=int, default=2,
+                                help="untimed steps first (default 2)")
+    profile_parser.set_defaults(run=lambda args: profile_command(args, config_of(args)))
     evaluate_parser = commands.add_parser("evaluate", help="PSNR/SSIM of a model file on clips")
     evaluate_parser.add_argument("model")
     evaluate_parser.add_argument("clips", nargs="+",
@@ -88,6 +109,10 @@ def main(argv=None) -> int:
                                  help="where video files are decoded to frames (once)")
     evaluate_parser.add_argument("--degradation", choices=("BI", "BD"), default="BI")
     evaluate_parser.add_argument("--crop-border", type=int, default=0)
+    evaluate_parser.add_argument("--conditions", nargs="+", default=["clean"], metavar="SOURCES",
+                                 help="clean, and/or crfN: the low-resolution clips encoded whole "
+                                      "with x264 at CRF N (YUV 4:2:0) before upscaling, as "
+                                      "compressed sources are (default: clean)")
     evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
     evaluate_parser.add_argument("--fp16", action="store_true",
                                  help="run the model in bfloat16, as the plugin's 16-bit CPU inference")
@@ -100,6 +125,19 @@ def main(argv=None) -> int:
     fetch_parser.set_defaults(run=fetch_data_command)
     add_debug_option(parser, commands)
     return run_command(parser.parse_args(argv))
+
+
+def console_main() -> int:
+    """The vs-iedvr-train command. Its threads wait for work asleep, not spinning: libgomp reads
+    OMP_WAIT_POLICY once, when torch loads (before this runs), so the command starts itself again
+    with PASSIVE unless the variable is set. Spinning, a step beside one other busy process ran
+    3-20x slower (a spinning thread holds the core that the thread it waits for needs); asleep,
+    training shares the cores (docs/training.md has the figures)."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        # -P: the installed package, not a source folder that the working directory may hold
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "vs_iedvr.training", *sys.argv[1:]])
+    return main()
 
 
 if __name__ == "__main__":

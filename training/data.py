@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .codec import CODEC_MARGIN, compress
 from .degradations import bicubic_downscale, gaussian_blur_downscale
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -250,11 +251,17 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[Clip], stills: list[Still], num_frames: int, scale: int,
                  patch_size: int, degradation: str, seed: int, augmentation: bool = True,
-                 still_fraction: float = 0.0):
+                 still_fraction: float = 0.0, codec_fraction: float = 0.0,
+                 crf_range: tuple[float, float] = (18.0, 35.0)):
         if not clips and not stills:
             raise ValueError("no training data: give at least one clip source or stills:FOLDER")
         if not 0 <= still_fraction <= 1:
             raise ValueError(f"still_fraction must be in [0, 1], got {still_fraction}")
+        if not 0 <= codec_fraction <= 1:
+            raise ValueError(f"codec_fraction must be in [0, 1], got {codec_fraction}")
+        if not 0 <= crf_range[0] <= crf_range[1] <= 51:
+            raise ValueError(f"crf_range must be two CRFs from 0 to 51, low first, got {crf_range}")
+        self.codec_fraction, self.crf_range = codec_fraction, crf_range
         self.clips, self.stills = clips, stills
         check_clip_sizes(clips, patch_size, scale)
         # 0: every window of a clip and every still is one equally likely sample. Otherwise this
@@ -286,20 +293,42 @@ class WindowDataset(torch.utils.data.Dataset):
                 position = clip_windows + int(torch.randint(len(self.stills), (), generator=generator))
             else:
                 position = int(torch.randint(clip_windows, (), generator=generator))
-        size = self.patch * self.scale
+        # Drawn only when asked for, so that runs without the codec keep their samples.
+        crf = None
+        if self.codec_fraction and torch.rand((), generator=generator).item() < self.codec_fraction:
+            low_crf, high_crf = self.crf_range
+            crf = round(low_crf + (high_crf - low_crf) * torch.rand((), generator=generator).item())
         source = bisect.bisect_right(self.window_ends, position)
         position -= self.window_ends[source - 1] if source else 0
         if source < len(self.clips):
             paths = self.clips[source].frames[position : position + self.num_frames]
             frames = torch.stack([read_image(p) for p in paths])
-            high = random_crop(frames, size, generator).float() / 255
+            margin = 0 if crf is None else codec_margin(frames.shape[-2:], self.patch, self.scale)
+            high = random_crop(frames, (self.patch + margin) * self.scale, generator).float() / 255
         else:
             image = read_image(self.stills[source - len(self.clips)].path)
-            high = synthetic_motion(image, self.num_frames, size, generator)
+            margin = 0 if crf is None else 2 * CODEC_MARGIN
+            high = synthetic_motion(image, self.num_frames, (self.patch + margin) * self.scale,
+                                    generator)
         if self.augmentation:
             high = augment(high, generator)
         low = degrade(high, self.scale, self.degradation)
+        if crf is not None:
+            # The whole window (with its margin) through the codec; then the patch, cut where the
+            # macroblock grid falls anywhere across it.
+            low = compress(low, crf)
+            top, left = (int(torch.randint(margin + 1, (), generator=generator)) for _ in range(2))
+            low = low[..., top : top + self.patch, left : left + self.patch]
+            high = high[..., top * self.scale : (top + self.patch) * self.scale,
+                        left * self.scale : (left + self.patch) * self.scale]
         return low, high[self.num_frames // 2]
+
+
+def codec_margin(frame_size, patch: int, scale: int) -> int:
+    """The low-resolution margin (even, at most 2 * CODEC_MARGIN) that a clip's frames hold around
+    the patch for a codec sample."""
+    room = min(frame_size) // scale - patch
+    return max(0, min(2 * CODEC_MARGIN, room) // 2 * 2)
 
 
 def random_crop(frames: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

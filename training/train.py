@@ -42,6 +42,7 @@ from .data import WindowDataset, find_sources, split_validation
 from .loss import charbonnier_loss
 from .metrics import psnr, ssim
 from .warm_start import describe, read_initial_weights, warm_start
+from .weight_gradients import use_float32_weight_gradients
 
 OFFSET_WARNING = 50.0  # pixels: offsets this large mean the alignment is diverging
 
@@ -76,6 +77,11 @@ class TrainConfig:
                                      "BD (Gaussian blur, then every scale-th pixel).")
     still_fraction: float = option(0.0, "Share of the samples drawn from stills:; 0 counts each "
                                         "still as one window among the clips' windows.")
+    codec_fraction: float = option(0.0, "Share of the samples whose low-resolution window is "
+                                        "encoded with x264 (YUV 4:2:0) at a random CRF and decoded "
+                                        "again, as compressed sources are; 0 = clean input only.")
+    crf_min: float = option(18.0, "Lowest CRF of the codec samples (best quality).")
+    crf_max: float = option(35.0, "Highest CRF of the codec samples (worst quality).")
     patch_size: int = option(64, "Side of the low-resolution training patch in pixels.")
     batch_size: int = option(8, "Samples per step in each process.")
     iterations: int = option(100_000, "Training steps of the whole run, a resumed one included.")
@@ -91,6 +97,10 @@ class TrainConfig:
     grad_clip: float = option(0.0, "Largest gradient norm, clipped beyond; 0 turns clipping off.")
     amp: bool = option(True, "Mixed precision: float16 with loss scaling on CUDA, bfloat16 on "
                              "CPUs that compute it natively, float32 elsewhere.")
+    float32_weight_gradients: bool = option(True, "Under CPU bfloat16 autocast, compute the "
+                                                  "convolutions' weight gradients in float32 "
+                                                  "(oneDNN's bfloat16 ones run at a tenth of "
+                                                  "the speed; training/weight_gradients.py).")
     channels_last: bool = option(True, "Keep the convolutions' weights channels-last (3D ones "
                                        "channels-last 3D), the faster layout for their kernels.")
     validation_fraction: float = option(0.1, "Share of the sources held out for validation; 0 "
@@ -133,8 +143,13 @@ class TrainConfig:
                      "time_budget_minutes", "checkpoint_every_minutes"):
             if not is_number(getattr(self, name)) or getattr(self, name) < 0:
                 refuse(name, "a finite number of at least 0", getattr(self, name))
-        if not is_number(self.still_fraction) or not 0 <= self.still_fraction <= 1:
-            refuse("still_fraction", "a number from 0 to 1", self.still_fraction)
+        for name in ("still_fraction", "codec_fraction"):
+            if not is_number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+                refuse(name, "a number from 0 to 1", getattr(self, name))
+        if not is_number(self.crf_min) or not 0 <= self.crf_min <= 51:
+            refuse("crf_min", "an x264 CRF from 0 to 51", self.crf_min)
+        if not is_number(self.crf_max) or not self.crf_min <= self.crf_max <= 51:
+            refuse("crf_max", f"an x264 CRF from --crf-min ({self.crf_min:g}) to 51", self.crf_max)
         if not is_number(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
             refuse("validation_fraction", "a number from 0 up to (not including) 1",
                    self.validation_fraction)
@@ -241,15 +256,17 @@ def load_data(config: TrainConfig, frames: int, out_dir: Path,
     """The training samples, and the validation samples (read and degraded once, so that every
     validation scores the same ones; rank 0 alone validates) or None when nothing is held out."""
     clips, stills = find_sources(config.data, frames, out_dir / "decoded")
+    codec = {"codec_fraction": config.codec_fraction, "crf_range": (config.crf_min, config.crf_max)}
     (train_clips, train_stills), (val_clips, val_stills) = split_validation(
         clips, stills, config.validation_fraction, config.seed)
     dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
-                            config.degradation, seed=config.seed, still_fraction=config.still_fraction)
+                            config.degradation, seed=config.seed, still_fraction=config.still_fraction,
+                            **codec)
     if not (val_clips or val_stills) or not processes.master:
         return dataset, None
     held_out = WindowDataset(val_clips, val_stills, frames, config.scale, config.patch_size,
                              config.degradation, seed=config.seed + 1, augmentation=False,
-                             still_fraction=config.still_fraction)
+                             still_fraction=config.still_fraction, **codec)
     return dataset, [held_out[i] for i in range(config.validation_samples)]
 
 
@@ -259,9 +276,13 @@ def batches(dataset, config: TrainConfig, processes: Processes, start: int):
     the samples of an uninterrupted single run."""
     indexes = (((s * processes.world + processes.rank) * config.batch_size + i)
                for s in range(start, config.iterations) for i in range(config.batch_size))
+    # A worker forked from a process that has run x264 (the codec's validation samples) hangs in
+    # the encoder: codec runs start their workers from a fresh forkserver process instead.
+    context = "forkserver" if config.num_workers and config.codec_fraction else None
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, sampler=indexes, num_workers=config.num_workers,
-        persistent_workers=False, pin_memory=processes.device.type == "cuda")
+        persistent_workers=False, pin_memory=processes.device.type == "cuda",
+        multiprocessing_context=context)
     return iter(loader)
 
 
@@ -293,6 +314,8 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         if processes.master:
             print(describe(report, config.init), flush=True)
     network = network.to(processes.device)
+    if config.float32_weight_gradients:  # a no-op outside CPU bfloat16 autocast
+        use_float32_weight_gradients(network)
     if config.channels_last:  # by hand: Module.to() refuses the 3D convolutions' 5D weights
         for parameter in network.parameters():
             parameter.data = parameter.data.contiguous(memory_format=channels_last_format(parameter))

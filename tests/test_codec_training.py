@@ -1,0 +1,150 @@
+"""Compressed sources in training and evaluation (training/codec.py): x264's round trip, the codec
+samples of the dataset, evaluate's compressed conditions; and `vs-iedvr-train profile`."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vs_iedvr import model_file
+from vs_iedvr.network import build
+from vs_iedvr.training import data
+from vs_iedvr.training.__main__ import main as train_main
+from vs_iedvr.training.codec import compress, encode_decode
+from vs_iedvr.training.degradations import bicubic_downscale
+from vs_iedvr.training.evaluate import evaluate
+from vs_iedvr.training.metrics import psnr
+
+TINY_NETWORK = {"num_feat": 16, "deformable_groups": 2, "rigid_widths": (8, 16), "num_rigid_keep": 1,
+                "num_enhance_block": 1, "num_fusion_block": 1, "num_reconstruct_block": 1}
+
+
+def smooth_frames(count: int, height: int, width: int) -> torch.Tensor:
+    """[count, 3, H, W] stripes moving one pixel a frame, in one hue (4:2:0 keeps the colour):
+    content a codec keeps at low CRFs."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    frames = [np.stack([0.5 + 0.3 * gain * np.sin(0.2 * (x - t) + 0.1 * y) for gain in (1, 0.9, 0.8)])
+              for t in range(count)]
+    return (torch.from_numpy(np.stack(frames)).float() * 255).round() / 255
+
+
+def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return sum(psnr(x, y) for x, y in zip(a, b)) / len(a)
+
+
+def test_x264_round_trip_loses_more_at_higher_crf():
+    frames = smooth_frames(5, 48, 64)
+    scores = [mean_psnr(compress(frames, crf), frames) for crf in (10, 28, 45)]
+    assert scores[0] > 38, scores  # 4:2:0 and CRF 10: close to the source
+    assert scores[0] > scores[1] > scores[2], scores
+    again = compress(frames, 28)
+    assert torch.equal(again, compress(frames, 28))  # deterministic: samples are reproducible
+    assert again.shape == frames.shape and again.dtype == torch.float32
+
+
+def test_odd_sizes_are_refused_by_name():
+    with pytest.raises(ValueError, match="even frame sizes, got 33x32"):
+        encode_decode(np.zeros((2, 32, 33, 3), np.uint8), 23)
+
+
+@pytest.fixture(scope="module")
+def clip_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("codec-data")
+    folder = root / "clips" / "000"
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(smooth_frames(7, 224, 240)):
+        array = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"{t:08d}.png")
+    return root
+
+
+def test_codec_samples_are_aligned_compressed_and_reproducible(clip_root):
+    clips, stills = data.find_sources([str(clip_root / "clips")], 5, clip_root / "cache")
+    make = lambda fraction, crf: data.WindowDataset(clips, stills, 5, 4, 16, "BI", seed=3,
+                                                    codec_fraction=fraction, crf_range=(crf, crf))
+    clean, light, heavy = make(0.0, 0), make(1.0, 12), make(1.0, 45)
+    for index in range(4):
+        low, high = light[index]
+        assert low.shape == (5, 3, 16, 16) and high.shape == (3, 64, 64)
+        assert torch.equal(low, light[index][0])
+        # The patch is cut from the compressed window where the target is: the target's own
+        # downscale is close to it, and a pixel's shift is not.
+        target = bicubic_downscale(high[None], 4)[0]
+        aligned = psnr(low[2], target)
+        assert aligned > 30, aligned
+        assert psnr(low[2, :, :, 1:], target[:, :, :-1]) < aligned - 3
+        assert psnr(heavy[index][0][2], bicubic_downscale(heavy[index][1][None], 4)[0]) < aligned - 3
+    # Without the codec, the samples are those of a dataset that never heard of it: the extra
+    # random draws are only made for codec runs.
+    old = data.WindowDataset(clips, stills, 5, 4, 16, "BI", seed=3)
+    assert all(torch.equal(clean[i][0], old[i][0]) for i in range(4))
+
+
+def test_codec_fraction_sets_the_share(clip_root):
+    clips, stills = data.find_sources([str(clip_root / "clips")], 5, clip_root / "cache")
+    dataset = data.WindowDataset(clips, stills, 5, 4, 16, "BI", seed=0, codec_fraction=0.5,
+                                 crf_range=(40, 40))
+    clean = data.WindowDataset(clips, stills, 5, 4, 16, "BI", seed=0)
+    # A codec sample at CRF 40 is far from its clean downscale; a clean one equals it.
+    compressed = 0
+    for index in range(24):
+        low, high = dataset[index]
+        compressed += not torch.equal(low[2], data.degrade(high[None], 4, "BI")[0])
+    assert 6 <= compressed <= 18, compressed
+    assert clean.codec_fraction == 0.0
+
+
+def test_evaluate_scores_compressed_sources(clip_root, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    clips = [str(clip_root / "clips")]
+    clean = evaluate(path, clips, max_frames=3, cache=str(tmp_path / "cache"))
+    crf40 = evaluate(path, clips, max_frames=3, cache=str(tmp_path / "cache"), condition="crf40")
+    # Bicubic of the same compressed input loses what the codec took.
+    assert crf40["bicubic"]["psnr_y"][1] < clean["bicubic"]["psnr_y"][1] - 1
+    with pytest.raises(ValueError, match="--conditions: expected clean or crfN"):
+        evaluate(path, clips, condition="crf99")
+
+
+def test_evaluate_command_prints_one_row_per_condition(clip_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    assert train_main(["evaluate", str(path), str(clip_root / "clips"), "--max-frames", "2",
+                       "--cache", str(tmp_path / "cache"), "--conditions", "clean", "crf30"]) == 0
+    out = capsys.readouterr().out
+    assert "clean sources" in out and "x264 CRF30 (4:2:0) sources" in out
+    summary = out[out.index("sources    "):].splitlines()
+    assert [line.split()[0] for line in summary[1:]] == ["clean", "crf30"]
+
+
+def test_profile_prints_where_a_step_goes(clip_root, tmp_path):
+    # Through the command as users start it: it runs again with its threads waiting asleep.
+    command = [sys.executable, "-P", "-c",
+               "import sys; from vs_iedvr.training.__main__ import console_main; "
+               "sys.exit(console_main())",
+               "profile", "--data", str(clip_root / "clips"), "--out-dir", str(tmp_path),
+               "--network", *[f"{k}={v}" for k, v in TINY_NETWORK.items()], "--patch-size", "16",
+               "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--codec-fraction", "0.5"]
+    env = {key: value for key, value in __import__("os").environ.items() if key != "OMP_WAIT_POLICY"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "OMP_WAIT_POLICY=PASSIVE" in out and "codec fraction 0.5" in out
+    rows = {}
+    for line in out.splitlines():
+        parts = line.rsplit(None, 2)
+        if len(parts) == 3 and parts[2].endswith("%"):
+            rows[parts[0].strip()] = float(parts[1])
+    for name in ("batch", "forward", "pcd_align", "fusion", "backward", "deformable convolutions",
+                 "convolutions", "optimizer"):
+        assert name in rows, out
+    assert rows["deformable convolutions"] > 0 and rows["convolutions"] > 0
+    # The backward's parts are shares of it.
+    parts = rows["deformable convolutions"] + rows["convolutions"] + rows["the rest"]
+    assert parts == pytest.approx(rows["backward"], abs=0.3)
+    assert "steps/s" in out and "of the measured float32 peak" in out

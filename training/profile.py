@@ -1,0 +1,181 @@
+"""vs-iedvr-train profile: where one training step's time goes on this machine.
+
+    vs-iedvr-train profile --data ... [any train option] [--steps 6]
+    ./run profile-train                 # the recipe of the default weights (./run train-default)
+
+Builds the run's network, optimiser and data exactly as `train` does (nothing is written), then
+times, per step: making the batch (data generation and loading, here in this process so that it
+can be timed; `train` makes it in --num-workers processes beside the step), the forward pass by
+module, the loss, the backward pass split into the deformable convolutions' backward, the
+ordinary convolutions' backward and the rest, and the optimiser. Medians over --steps steps after
+--warmup-steps; the backward's parts come from torch.profiler over the same steps. Steps/s count
+the step without the batch (what `train` gets while its workers keep up) and with it (what it gets
+where they cannot: one core each). GFLOP/s count three times the forward's FLOPs per step (the
+backward computes two products per forward one) against this machine's measured peaks.
+"""
+
+import dataclasses
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from vs_iedvr.bench import compute_peak, count_flops
+from vs_iedvr.network import build
+
+from .loss import charbonnier_loss
+from .train import Processes, TrainConfig, load_data, low_precision_dtype, prepare_trainee
+
+
+class ModuleTimer:
+    """Wall time of each top-level module's forward, by hooks (on the CPU the work is done when
+    the module returns; on CUDA each hook synchronises)."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        self.device, self.seconds, self.started = device, defaultdict(float), {}
+        self.handles = []
+        for name, module in network.named_children():
+            self.handles.append(module.register_forward_pre_hook(self._start(name)))
+            self.handles.append(module.register_forward_hook(self._stop(name)))
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _start(self, name):
+        def hook(module, inputs):
+            self.started[name] = self._now()
+        return hook
+
+    def _stop(self, name):
+        def hook(module, inputs, output):
+            self.seconds[name] += self._now() - self.started.pop(name)
+        return hook
+
+    def take(self) -> dict[str, float]:
+        seconds, self.seconds = dict(self.seconds), defaultdict(float)
+        return seconds
+
+
+def backward_parts(events, steps: int) -> dict[str, float]:
+    """Seconds per step of the deformable and the ordinary convolutions' backward kernels, from
+    torch.profiler's events (their own time, children included)."""
+    parts = {"deformable convolutions": 0.0, "convolutions": 0.0}
+    for event in events:
+        if event.key == "iedvr::modulated_deform_conv2d_backward":
+            parts["deformable convolutions"] += event.cpu_time_total
+        elif event.key == "aten::convolution_backward":
+            parts["convolutions"] += event.cpu_time_total
+    return {name: microseconds / 1e6 / steps for name, microseconds in parts.items()}
+
+
+def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
+    """The timings of `steps` training steps of this config; see the module's docstring."""
+    if steps < 1 or warmup_steps < 0:
+        raise ValueError(f"--steps must be at least 1 and --warmup-steps at least 0, got "
+                         f"{steps} and {warmup_steps}")
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if config.device == "auto" else config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    processes = Processes(False, 0, 1, device)
+    torch.manual_seed(config.seed)
+    network = build(config.arch, scale=config.scale, **config.network)
+    dataset, _ = load_data(dataclasses.replace(config, validation_fraction=0.0), network.config.num_frame,
+                           Path(config.out_dir), processes)
+    trainee = prepare_trainee(network, config, processes, Path(os.devnull) / "no-resume")
+    network, optimizer = trainee.network, trainee.optimizer
+    amp_dtype = low_precision_dtype(device) if config.amp else None
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    timer = ModuleTimer(network, device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def batch(step: int):
+        samples = [dataset[step * config.batch_size + i] for i in range(config.batch_size)]
+        return tuple(torch.stack(parts).to(device) for parts in zip(*samples))
+
+    def clock():
+        sync()
+        return time.perf_counter()
+
+    rows = defaultdict(list)
+    network.train()
+    for step in range(warmup_steps + steps):
+        if step == warmup_steps:
+            timer.take()
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            profiler.__enter__()
+        started = clock()
+        low, high = batch(step)
+        made = clock()
+        with autocast():
+            out = network(low)
+        forward_done = clock()
+        loss = charbonnier_loss(out.float(), high)
+        loss_done = clock()
+        optimizer.zero_grad(set_to_none=True)
+        trainee.scaler.scale(loss).backward()
+        backward_done = clock()
+        trainee.scaler.step(optimizer)
+        trainee.scaler.update()
+        finished = clock()
+        modules = timer.take()
+        if step < warmup_steps:
+            continue
+        rows["batch"].append(made - started)
+        rows["forward"].append(forward_done - made)
+        for name, seconds in modules.items():
+            rows[f"forward: {name}"].append(seconds)
+        rows["forward: the rest"].append(forward_done - made - sum(modules.values()))
+        rows["loss"].append(loss_done - forward_done)
+        rows["backward"].append(backward_done - loss_done)
+        rows["optimizer"].append(finished - backward_done)
+        rows["step without the batch"].append(finished - made)
+    profiler.__exit__(None, None, None)
+    medians = {name: statistics.median(values) for name, values in rows.items()}
+    parts = backward_parts(profiler.key_averages(), steps)
+    for name, seconds in parts.items():
+        medians[f"backward: {name}"] = seconds
+    medians["backward: the rest"] = medians["backward"] - sum(parts.values())
+    with autocast():
+        forward_flops = count_flops(lambda: network(low))
+    return {"seconds": medians, "step_flops": 3 * forward_flops, "device": device,
+            "dtype": amp_dtype or torch.float32, "threads": torch.get_num_threads()}
+
+
+def print_profile(result: dict, config: TrainConfig, peaks: dict) -> None:
+    seconds = result["seconds"]
+    step, with_batch = seconds["step without the batch"], seconds["step without the batch"] + seconds["batch"]
+    print(f"{config.arch} x{config.scale}, batch {config.batch_size} of {config.patch_size}x"
+          f"{config.patch_size} patches, {str(result['dtype'])[6:]} autocast, "
+          f"{result['device']}, {result['threads']} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, codec fraction {config.codec_fraction:g}, "
+          f"float32 weight gradients {'on' if config.float32_weight_gradients else 'off'}")
+    print(f"{'part of a step':44s} {'ms':>9s} {'share':>6s}")
+    order = (["batch", "forward"] + sorted(k for k in seconds if k.startswith("forward: ") and k != "forward: the rest")
+             + ["forward: the rest", "loss", "backward", "backward: deformable convolutions",
+                "backward: convolutions", "backward: the rest", "optimizer"])
+    for name in order:
+        label = "  " + name.split(": ", 1)[1] if ": " in name else name
+        print(f"{label:44s} {seconds[name] * 1e3:9.1f} {seconds[name] / with_batch:6.1%}")
+    rate = result["step_flops"] / step
+    print(f"steps/s: {1 / step:.3f} without the batch (workers keeping up), "
+          f"{1 / with_batch:.3f} with it (made in the step's process)")
+    print(f"training FLOPs per step (3x the forward's): {result['step_flops'] / 1e9:.1f} G; "
+          f"{rate / 1e9:.1f} GFLOP/s, "
+          + ", ".join(f"{rate / peak:.1%} of the measured {name} peak ({peak / 1e9:.0f} GFLOP/s)"
+                      for name, peak in peaks.items()))
+
+
+def profile_command(args, config: TrainConfig) -> int:
+    result = profile(config, args.steps, args.warmup_steps)
+    device = result["device"]
+    peaks = {"float32": compute_peak(device, torch.float32)}
+    if result["dtype"] != torch.float32:
+        peaks[str(result["dtype"])[6:]] = compute_peak(device, result["dtype"])
+    print_profile(result, config, peaks)
+    return 0
