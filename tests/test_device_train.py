@@ -90,14 +90,14 @@ def test_checkpoint_warm_starts_a_run(device_run):
     assert last["init_steps"] == total and last["total_steps"] == total + 1
 
 
-def test_checkpoint_exports_a_model_file(device_run, tmp_path):
+def test_checkpoint_exports_a_model_file(device_run, tmp_path, run_here):
+    # vs-iedvr export in this process (run_here, conftest.py); the console script vs-iedvr-train
+    # runs as a process above, and vs-iedvr in test_wheel.py.
     base, _, _ = device_run
     checkpoint = base / "out" / "best-fp16.pt"
     output = tmp_path / "model.pt"
-    result = subprocess.run(
-        [str(BIN / "vs-iedvr"), "export", "--arch", "iedvr-m", "--scale", "4", "--weights",
-         str(checkpoint), "--weights-dtype", "float16", "--output", str(output)],
-        capture_output=True, text=True, timeout=300)
+    result = run_here("vs_iedvr", "export", "--arch", "iedvr-m", "--scale", "4", "--weights",
+                      checkpoint, "--weights-dtype", "float16", "--output", output)
     assert result.returncode == 0, result.stdout + result.stderr
     model, metadata = model_file.load_model(output)
     saved = torch.load(checkpoint, weights_only=True)
