@@ -1,6 +1,6 @@
-"""Inputs that used to kill the process (regressions of issue 13): each case runs in a fresh
-subprocess, so that a crash fails its test instead of the test runner, and must end in a
-vapoursynth.Error (or a frame) with the process still working."""
+"""Inputs that used to kill the process (regressions of issue 13): each test runs its cases in a
+fresh subprocess, so that a crash fails the test instead of the test runner, and each case must end
+in a vapoursynth.Error (or a frame) with the process still working."""
 
 import json
 import shutil
