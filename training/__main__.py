@@ -18,7 +18,6 @@ anything else. --debug (before or after the command) or IEDVR_DEBUG=1 shows its 
 import argparse
 import ast
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -125,19 +124,6 @@ def main(argv=None) -> int:
     fetch_parser.set_defaults(run=fetch_data_command)
     add_debug_option(parser, commands)
     return run_command(parser.parse_args(argv))
-
-
-def console_main() -> int:
-    """The vs-iedvr-train command. Its threads wait for work asleep, not spinning: libgomp reads
-    OMP_WAIT_POLICY once, when torch loads (before this runs), so the command starts itself again
-    with PASSIVE unless the variable is set. Spinning, a step beside one other busy process ran
-    3-20x slower (a spinning thread holds the core that the thread it waits for needs); asleep,
-    training shares the cores (docs/training.md has the figures)."""
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        # -P: the installed package, not a source folder that the working directory may hold
-        os.execv(sys.executable, [sys.executable, "-P", "-m", "vs_iedvr.training", *sys.argv[1:]])
-    return main()
 
 
 if __name__ == "__main__":

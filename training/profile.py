@@ -153,10 +153,10 @@ def print_profile(result: dict, config: TrainConfig, peaks: dict) -> None:
     print(f"{config.arch} x{config.scale}, batch {config.batch_size} of {config.patch_size}x"
           f"{config.patch_size} patches, {str(result['dtype'])[6:]} autocast, "
           f"{result['device']}, {result['threads']} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, codec fraction {config.codec_fraction:g}, "
-          f"float32 weight gradients {'on' if config.float32_weight_gradients else 'off'}")
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, codec fraction {config.codec_fraction:g}")
     print(f"{'part of a step':44s} {'ms':>9s} {'share':>6s}")
-    order = (["batch", "forward"] + sorted(k for k in seconds if k.startswith("forward: ") and k != "forward: the rest")
+    order = (["batch", "forward"]  # the modules in the order they ran
+             + [k for k in seconds if k.startswith("forward: ") and k != "forward: the rest"]
              + ["forward: the rest", "loss", "backward", "backward: deformable convolutions",
                 "backward: convolutions", "backward: the rest", "optimizer"])
     for name in order:

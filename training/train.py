@@ -41,15 +41,15 @@ from vs_iedvr.network import PRESETS, SIZE_MULTIPLE, NetworkConfig, build, chann
 from .data import WindowDataset, find_sources, split_validation
 from .loss import charbonnier_loss
 from .metrics import psnr, ssim
+from .threads import ThreadTuner
 from .warm_start import describe, read_initial_weights, warm_start
-from .weight_gradients import use_float32_weight_gradients
 
 OFFSET_WARNING = 50.0  # pixels: offsets this large mean the alignment is diverging
 
 # log.csv's columns after "step" and how each is written; a row leaves empty what it lacks.
 LOG_COLUMNS = {"loss": ".6f", "learning_rate": ".3e", "offset_magnitude": ".3f",
                "iterations_per_s": ".3f", "val_psnr_y": "", "val_ssim_y": "", "seconds": ".1f",
-               "offset_magnitude_max": ".3f"}
+               "offset_magnitude_max": ".3f", "threads": "d"}
 
 
 def option(default, help: str):
@@ -97,10 +97,6 @@ class TrainConfig:
     grad_clip: float = option(0.0, "Largest gradient norm, clipped beyond; 0 turns clipping off.")
     amp: bool = option(True, "Mixed precision: float16 with loss scaling on CUDA, bfloat16 on "
                              "CPUs that compute it natively, float32 elsewhere.")
-    float32_weight_gradients: bool = option(True, "Under CPU bfloat16 autocast, compute the "
-                                                  "convolutions' weight gradients in float32 "
-                                                  "(oneDNN's bfloat16 ones run at a tenth of "
-                                                  "the speed; training/weight_gradients.py).")
     channels_last: bool = option(True, "Keep the convolutions' weights channels-last (3D ones "
                                        "channels-last 3D), the faster layout for their kernels.")
     validation_fraction: float = option(0.1, "Share of the sources held out for validation; 0 "
@@ -113,7 +109,11 @@ class TrainConfig:
     seed: int = option(0, "Seed of the initial weights, the validation split and every sample.")
     device: str = option("auto", "Where to train: auto (CUDA when there is a GPU), cpu, cuda or "
                                  "cuda:N.")
-    threads: int = option(0, "CPU threads of torch; 0 keeps torch's default.")
+    threads: int = option(0, "CPU threads of torch; 0 keeps torch's default (one per core).")
+    adapt_threads: bool = option(True, "On the CPU, measure steps/s now and then with a thread "
+                                       "fewer or more (up to --threads) and keep the faster count: "
+                                       "beside other work on the same cores, fewer threads than "
+                                       "cores train faster (training/threads.py).")
     time_budget_minutes: float = option(0.0, "Stop after this many minutes of wall clock, start-up "
                                              "included, annealing over the time left (a run "
                                              "interrupted before it resumes with the minutes its "
@@ -314,8 +314,6 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         if processes.master:
             print(describe(report, config.init), flush=True)
     network = network.to(processes.device)
-    if config.float32_weight_gradients:  # a no-op outside CPU bfloat16 autocast
-        use_float32_weight_gradients(network)
     if config.channels_last:  # by hand: Module.to() refuses the 3D convolutions' 5D weights
         for parameter in network.parameters():
             parameter.data = parameter.data.contiguous(memory_format=channels_last_format(parameter))
@@ -557,7 +555,9 @@ def progress_line(step: int, config: TrainConfig, values: dict, seconds_left: fl
     the clock time they should end at."""
     line = (f"step {step}/{config.iterations} loss {values['loss']:.5f} "
             f"lr {values['learning_rate']:.2e} offsets {values['offset_magnitude']:.2f} "
-            f"{values['iterations_per_s']:.2f} it/s, {duration(seconds_left)} left")
+            f"{values['iterations_per_s']:.2f} it/s"
+            + (f" on {values['threads']} threads" if "threads" in values else "")
+            + f", {duration(seconds_left)} left")
     if seconds_left > 600:
         line += time.strftime(" (ends about %a %H:%M)", time.localtime(time.time() + seconds_left))
     if "val_psnr_y" in values:
@@ -614,6 +614,8 @@ def train(config: TrainConfig) -> Path | None:
         print(f"step 0 (the --init weights) val Y-PSNR {scores['val_psnr_y']:.2f} "
               f"SSIM {scores['val_ssim_y']:.4f}", file=sys.stderr, flush=True)
 
+    tuner = ThreadTuner(torch.get_num_threads()) if config.adapt_threads and device.type == "cpu" else None
+
     # -- the loop ----------------------------------------------------------------------------------
     model.train()
     first_step, started = trainee.step, time.time()
@@ -640,6 +642,8 @@ def train(config: TrainConfig) -> Path | None:
         step = trainee.step
         window_loss += loss.detach()  # summed on the device: .item() only when a row is written
         window_steps += 1
+        if tuner is not None and (threads := tuner.step_done(time.time())) is not None:
+            torch.set_num_threads(threads)
 
         now = clock.now()
         trainee.budget_spent, trainee.annealing_began = clock.place(now)
@@ -663,7 +667,8 @@ def train(config: TrainConfig) -> Path | None:
                               "learning_rate or offset_lr_factor, or raise warmup_iterations)")
             values = {"loss": window_loss.item() / window_steps, "learning_rate": lr,
                       "offset_magnitude": offset_mean, "offset_magnitude_max": offset_max,
-                      "iterations_per_s": rate, "seconds": time.time() - started} | scores
+                      "iterations_per_s": rate, "seconds": time.time() - started,
+                      "threads": torch.get_num_threads()} | scores
             log.log(step, values)
             print(progress_line(step, config, values, clock.seconds_left(step, rate, now)),
                   file=sys.stderr, flush=True)

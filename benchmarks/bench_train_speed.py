@@ -1,0 +1,169 @@
+"""Training steps/s of this checkout against an earlier commit's training code, in turn (A B A B),
+at the default weights' recipe (`./run train-default`: iedvr-m x4, batch 4 of 32x32 patches, one
+data worker, from the shipped weights); optionally with a busy command running beside each run.
+
+    .venv/bin/python -P benchmarks/bench_train_speed.py --baseline 8fe0523 [--steps 30 --pairs 3]
+    .venv/bin/python -P benchmarks/bench_train_speed.py --beside ".venv/bin/pytest -x -q tests"
+
+Each run is a fresh process that trains --steps steps of the recipe (log every 5, nothing
+validated or exported) as its command would: this checkout's with OMP_WAIT_POLICY=PASSIVE (what
+`vs-iedvr-train` sets), the baseline's as its `vs-iedvr-train` ran, with the variable unset. The
+rate is the median of the log's 5-step windows after the first (the steady state, without the
+start-up and the first batch). The baseline's training/ folder is taken from git; both use the
+installed vs_iedvr (the compiled operator of this checkout).
+
+--beside COMMAND starts COMMAND (again whenever it ends) while each run of this checkout trains,
+and times it alone too, in turn: how much of its speed training keeps beside other work.
+"""
+
+import argparse
+import csv
+import io
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "default"
+
+RUN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from training.train import TrainConfig, train
+data = sys.argv[2]
+train(TrainConfig(
+    data=[f"stills:{data}/train/photos"] + [f"{data}/train/{name}" for name in (
+        "diver.mov", "balle-jbart.mp4", "lego.mp4", "vtest.avi", "tree.avi", "balle1-vp9.avi",
+        "realshort.mp4")],
+    still_fraction=0.6, arch="iedvr-m", scale=4, degradation="BI", patch_size=32, batch_size=4,
+    learning_rate=2e-4, warmup_iterations=500, restart_every=2000, num_workers=1,
+    init=sys.argv[5], out_dir=sys.argv[3], iterations=int(sys.argv[4]), log_every=5,
+    validate_every=10**6, checkpoint_every=10**6, export=False))
+"""
+
+
+def training_code(revision: str | None, folder: Path) -> Path:
+    """A folder holding the `training` package of `revision` (None: this checkout's installed
+    one, vs_iedvr.training, copied from the source tree)."""
+    target = folder / (revision or "checkout")
+    if revision is None:
+        (target / "training").mkdir(parents=True)
+        for path in (ROOT / "training").glob("*.py"):
+            (target / "training" / path.name).write_bytes(path.read_bytes())
+        return target
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "training"],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def steps_per_second(code: Path, out_dir: Path, steps: int, passive: bool) -> float:
+    """One run's steady rate: the median of its log's windows after the first."""
+    for stale in ("last.pt", "log.csv"):
+        (out_dir / stale).unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    subprocess.run([sys.executable, "-P", "-c", RUN, str(code), str(DATA), str(out_dir), str(steps),
+                    str(ROOT / "vs_iedvr" / "models" / "default.pt")],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out_dir / "log.csv") as f:
+        rates = [float(row["iterations_per_s"]) for row in csv.DictReader(f) if row["iterations_per_s"]]
+    return statistics.median(rates[1:] or rates)
+
+
+class Beside:
+    """COMMAND kept running (restarted whenever it ends) inside a `with`."""
+
+    def __init__(self, command: str):
+        self.command, self.process, self.running = shlex.split(command), None, False
+
+    def __enter__(self):
+        self.running = True
+        self._start()
+        return self
+
+    def _start(self):
+        self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def poll(self):
+        if self.running and self.process.poll() is not None:
+            self._start()
+
+    def __exit__(self, *exc):
+        self.running = False
+        os.killpg(self.process.pid, 9)
+        self.process.wait()
+
+
+def run_beside(beside: Beside, *args) -> float:
+    """steps_per_second with `beside` kept running (checked every second from a thread)."""
+    import threading
+
+    done = threading.Event()
+
+    def keep_running():
+        while not done.wait(1.0):
+            beside.poll()
+
+    with beside:
+        watcher = threading.Thread(target=keep_running, daemon=True)
+        watcher.start()
+        try:
+            return steps_per_second(*args)
+        finally:
+            done.set()
+            watcher.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", help="commit whose training code to compare with")
+    parser.add_argument("--beside", help="a command to keep running beside this checkout's runs")
+    parser.add_argument("--steps", type=int, default=30, help="steps per run (default 30)")
+    parser.add_argument("--pairs", type=int, default=3, help="runs of each, in turn (default 3)")
+    args = parser.parse_args()
+    if not args.baseline and not args.beside:
+        parser.error("give --baseline REVISION, --beside COMMAND or both")
+    if not (DATA / "train").is_dir():
+        parser.error(f"{DATA} is missing: run `.venv/bin/vs-iedvr-train fetch-data {DATA}` first")
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        sides = {"this checkout": (training_code(None, folder), True, None)}
+        if args.baseline:
+            sides[f"baseline {args.baseline}"] = (training_code(args.baseline, folder), False, None)
+        if args.beside:
+            sides[f"this checkout beside `{args.beside}`"] = (sides["this checkout"][0], True,
+                                                               Beside(args.beside))
+        rates = {name: [] for name in sides}
+        for pair in range(args.pairs):
+            for name, (code, passive, beside) in sides.items():
+                out_dir = folder / f"run-{list(sides).index(name)}"
+                out_dir.mkdir(exist_ok=True)
+                started = time.time()
+                measure = (lambda *a: run_beside(beside, *a)) if beside else steps_per_second
+                rates[name].append(measure(code, out_dir, args.steps, passive))
+                print(f"pair {pair + 1}: {name}: {rates[name][-1]:.3f} steps/s "
+                      f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    first = "this checkout"
+    print(f"training steps/s, default recipe, {args.steps} steps a run, median of {args.pairs} "
+          f"runs each, in turn; {os.cpu_count()} CPUs")
+    for name, values in rates.items():
+        ratio = statistics.median(a / b for a, b in zip(rates[first], values))
+        line = f"{name:50s} {statistics.median(values):7.3f} steps/s"
+        if name != first:
+            line += f"   this checkout / it: {ratio:.2f}x (pair by pair, median)"
+        print(line + "   runs: " + ", ".join(f"{v:.3f}" for v in values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
