@@ -3,17 +3,17 @@ at the default weights' recipe (`./run train-default`: iedvr-m x4, batch 4 of 32
 data worker, from the shipped weights); optionally with a busy command running beside each run.
 
     .venv/bin/python -P benchmarks/bench_train_speed.py --baseline 8fe0523 [--steps 30 --pairs 3]
-    .venv/bin/python -P benchmarks/bench_train_speed.py --beside ".venv/bin/pytest -x -q tests"
+    .venv/bin/python -P benchmarks/bench_train_speed.py --baseline 8fe0523 --beside "yes"
 
 Each run is a fresh process that trains --steps steps of the recipe (log every 5, nothing
-validated or exported) as its command would: this checkout's with OMP_WAIT_POLICY=PASSIVE (what
-`vs-iedvr-train` sets), the baseline's as its `vs-iedvr-train` ran, with the variable unset. The
-rate is the median of the log's 5-step windows after the first (the steady state, without the
-start-up and the first batch). The baseline's training/ folder is taken from git; both use the
-installed vs_iedvr (the compiled operator of this checkout).
+validated or exported), with the environment of this process. The rate is the median of the
+log's 5-step windows after the first (the steady state, without the start-up and the first
+batch). The baseline's training/ folder is taken from git; both use the installed vs_iedvr (the
+compiled operator of this checkout).
 
---beside COMMAND starts COMMAND (again whenever it ends) while each run of this checkout trains,
-and times it alone too, in turn: how much of its speed training keeps beside other work.
+--beside COMMAND keeps COMMAND running (started again whenever it ends, in its own session) during
+a second run of each side, in turn with the runs alone: how much of its speed training keeps
+beside other work.
 """
 
 import argparse
@@ -64,16 +64,13 @@ def training_code(revision: str | None, folder: Path) -> Path:
     return target
 
 
-def steps_per_second(code: Path, out_dir: Path, steps: int, passive: bool) -> float:
+def steps_per_second(code: Path, out_dir: Path, steps: int) -> float:
     """One run's steady rate: the median of its log's windows after the first."""
     for stale in ("last.pt", "log.csv"):
         (out_dir / stale).unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if passive:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
     subprocess.run([sys.executable, "-P", "-c", RUN, str(code), str(DATA), str(out_dir), str(steps),
                     str(ROOT / "vs_iedvr" / "models" / "default.pt")],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(out_dir / "log.csv") as f:
         rates = [float(row["iterations_per_s"]) for row in csv.DictReader(f) if row["iterations_per_s"]]
     return statistics.median(rates[1:] or rates)
@@ -137,31 +134,36 @@ def main() -> int:
         parser.error(f"{DATA} is missing: run `.venv/bin/vs-iedvr-train fetch-data {DATA}` first")
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        sides = {"this checkout": (training_code(None, folder), True, None)}
+        codes = {"this checkout": training_code(None, folder)}
         if args.baseline:
-            sides[f"baseline {args.baseline}"] = (training_code(args.baseline, folder), False, None)
+            codes[f"baseline {args.baseline}"] = training_code(args.baseline, folder)
+        sides = {name: (code, None) for name, code in codes.items()}
         if args.beside:
-            sides[f"this checkout beside `{args.beside}`"] = (sides["this checkout"][0], True,
-                                                               Beside(args.beside))
+            sides |= {f"{name} beside `{args.beside}`": (code, Beside(args.beside))
+                      for name, code in codes.items()}
         rates = {name: [] for name in sides}
         for pair in range(args.pairs):
-            for name, (code, passive, beside) in sides.items():
+            for name, (code, beside) in sides.items():
                 out_dir = folder / f"run-{list(sides).index(name)}"
                 out_dir.mkdir(exist_ok=True)
                 started = time.time()
                 measure = (lambda *a: run_beside(beside, *a)) if beside else steps_per_second
-                rates[name].append(measure(code, out_dir, args.steps, passive))
+                rates[name].append(measure(code, out_dir, args.steps))
                 print(f"pair {pair + 1}: {name}: {rates[name][-1]:.3f} steps/s "
                       f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
-    first = "this checkout"
     print(f"training steps/s, default recipe, {args.steps} steps a run, median of {args.pairs} "
           f"runs each, in turn; {os.cpu_count()} CPUs")
     for name, values in rates.items():
-        ratio = statistics.median(a / b for a, b in zip(rates[first], values))
-        line = f"{name:50s} {statistics.median(values):7.3f} steps/s"
-        if name != first:
-            line += f"   this checkout / it: {ratio:.2f}x (pair by pair, median)"
+        line = f"{name:60s} {statistics.median(values):7.3f} steps/s"
+        alone = name.split(" beside ")[0]
+        if name != "this checkout" and alone == name:
+            ratio = statistics.median(a / b for a, b in zip(rates["this checkout"], values))
+            line += f"   this checkout / it: {ratio:.2f}x"
+        elif alone != name:
+            ratio = statistics.median(a / b for a, b in zip(values, rates[alone]))
+            line += f"   of its speed alone: {ratio:.0%}"
         print(line + "   runs: " + ", ".join(f"{v:.3f}" for v in values))
+    print("(ratios pair by pair, median)")
     return 0
 
 

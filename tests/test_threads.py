@@ -38,6 +38,11 @@ def test_beside_other_work_it_drops_a_thread_and_takes_it_back_after():
     assert after[-300:].count(2) > 0.9 * 300
 
 
+def test_a_run_started_beside_other_work_finds_one_thread_at_once():
+    counts = run(ThreadTuner(2), [(400, BESIDE_ONE_BUSY_PROCESS)])[0]
+    assert counts[15:].count(1) > 0.9 * len(counts[15:])
+
+
 def test_one_core_never_changes():
     assert set(run(ThreadTuner(1), [(300, ALONE)])[0]) == {1}
     with pytest.raises(ValueError, match="most must be at least 1"):

@@ -6,7 +6,8 @@ ends at a barrier, and a thread whose core went to the other work holds all the 
 scheduler gives it a time slice. On 2 cores with one busy process beside it, a step of the default
 recipe took 3.5x as long with 2 threads as alone, and 2x with 1 thread (the share of the machine
 it had). Alone, 2 threads are 2x as fast as 1. The tuner keeps the count that measures faster:
-now and then it tries a neighbouring count for a few steps, and at once when the speed drops.
+after its first measurement and now and then it tries a neighbouring count for a few steps, and
+at once when the speed drops.
 """
 
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class ThreadTuner:
         if self.most < 1:
             raise ValueError(f"most must be at least 1, got {self.most}")
         self.threads = self.threads or self.most
+        # The first window is followed by a try: a run started beside other work sees no drop.
+        self._since_try = self.explore_every
 
     @property
     def current(self) -> int:
