@@ -9,7 +9,6 @@ plugin's default).
 """
 
 import re
-
 from pathlib import Path
 
 import torch
