@@ -556,7 +556,8 @@ def progress_line(step: int, config: TrainConfig, values: dict, seconds_left: fl
     line = (f"step {step}/{config.iterations} loss {values['loss']:.5f} "
             f"lr {values['learning_rate']:.2e} offsets {values['offset_magnitude']:.2f} "
             f"{values['iterations_per_s']:.2f} it/s"
-            + (f" on {values['threads']} threads" if "threads" in values else "")
+            + (f" on {values['threads']} thread{'s' * (values['threads'] != 1)}"
+               if "threads" in values else "")
             + f", {duration(seconds_left)} left")
     if seconds_left > 600:
         line += time.strftime(" (ends about %a %H:%M)", time.localtime(time.time() + seconds_left))
