@@ -15,8 +15,8 @@ from vs_iedvr.training.degradations import bicubic_downscale
 from vs_iedvr.training.evaluate import evaluate
 from vs_iedvr.training.metrics import psnr
 
-TINY_NETWORK = {"num_feat": 16, "deformable_groups": 2, "rigid_widths": (8, 16), "num_rigid_keep": 1,
-                "num_enhance_block": 1, "num_fusion_block": 1, "num_reconstruct_block": 1}
+from test_training import TINY_NETWORK
+
 
 
 def smooth_frames(count: int, height: int, width: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from vs_iedvr.bench import compute_peak, count_flops
 from vs_iedvr.network import build
 
 from .loss import charbonnier_loss
-from .train import Processes, TrainConfig, load_data, low_precision_dtype, prepare_trainee
+from .train import TrainConfig, load_data, low_precision_dtype, prepare_trainee, start_processes
 
 
 class ModuleTimer:
@@ -78,11 +78,8 @@ def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
     if steps < 1 or warmup_steps < 0:
         raise ValueError(f"--steps must be at least 1 and --warmup-steps at least 0, got "
                          f"{steps} and {warmup_steps}")
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if config.device == "auto" else config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    processes = Processes(False, 0, 1, device)
+    processes = start_processes(config)  # the device and threads, as train() has them
+    device = processes.device
     torch.manual_seed(config.seed)
     network = build(config.arch, scale=config.scale, **config.network)
     dataset, _ = load_data(dataclasses.replace(config, validation_fraction=0.0), network.config.num_frame,
