@@ -12,6 +12,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <caffe2/serialize/inline_container.h>
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -22,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -143,6 +145,13 @@ bool cpu_has_native_bfloat16() {
 
 }  // namespace
 
+// What a window of a prepared model costs on its device (measure_costs): measured by its first
+// memory plan, shared by every engine that runs the model.
+struct MeasuredCosts {
+  std::mutex mutex;
+  std::optional<memory_plan::Costs> costs;
+};
+
 struct IedvrEngine {
   std::string path;  // the model file, named in errors
   torch::jit::Module module;
@@ -152,6 +161,7 @@ struct IedvrEngine {
   // Model files with `features` and `upscale` methods run per frame + per window, with the
   // frames' features cached; older ones run `forward` on whole windows.
   bool split = false;
+  std::shared_ptr<MeasuredCosts> costs;
   std::shared_ptr<FeatureCache> cache;
   std::mutex mutex;  // one inference at a time per engine
   // Set after the device ran out of memory: the smaller tiles that worked, used from then on.
@@ -159,7 +169,6 @@ struct IedvrEngine {
 };
 
 namespace {
-void apply_cpu_fusion(IedvrEngine* engine);  // below, beside the code that runs a window
 
 // A diverged training run exports weights holding NaN or infinity with a correct checksum; every
 // frame would come out NaN. Refused when the file loads, naming the first such tensor.
@@ -179,28 +188,40 @@ void check_weights_are_finite(const torch::jit::Module& module) {
   }
 }
 
+// A model as the engines run it: loaded, checked, in its dtype and layout, fused where the CPU
+// can. TorchScript runs one module from several threads at once, so the engines that share it
+// (a filter's num_streams, the filters of a script) share its weights too.
+struct PreparedModel {
+  torch::jit::Module module;
+  IedvrModelInfo info{};
+  bool split = false;
+  std::shared_ptr<MeasuredCosts> costs = std::make_shared<MeasuredCosts>();
+};
+
 // The metadata's frame count and scale against what the network computes, on a tiny window: a
 // traced network indexes the frames it was traced for, so one given more frames than it reads
 // ignores the rest and returns a plausible, wrong frame. The window's first and last frames must
 // both change the output, and 16x16 input must come out 16 * scale.
-void check_network_matches_metadata(IedvrEngine* engine) {
+void check_network_matches_metadata(const PreparedModel& model, const torch::Device& device,
+                                    torch::ScalarType dtype) {
   const c10::InferenceMode inference;
-  const int count = engine->info.num_frames, scale = engine->info.scale, side = 16;
+  const int count = model.info.num_frames, scale = model.info.scale, side = 16;
   const std::string claims = "its metadata says " + std::to_string(count) +
                              " input frames and scale " + std::to_string(scale) + ", but ";
-  const auto options = torch::TensorOptions().device(engine->device).dtype(engine->dtype);
+  const auto options = torch::TensorOptions().device(device).dtype(dtype);
   const auto generator = at::make_generator<at::CPUGeneratorImpl>(20241205);
   const auto window = torch::rand({1, count, 3, side, side}, generator).to(options);
   // Through the methods the engine runs: features + upscale where the file has them.
   const auto run = [&](const torch::Tensor& frames) {
-    if (!engine->split) return engine->module.forward({frames}).toTensor();
+    torch::jit::Module module = model.module;  // its methods are not const
+    if (!model.split) return module.forward({frames}).toTensor();
     std::vector<torch::jit::IValue> inputs;
-    const auto levels = engine->module.get_method("features")({frames[0]});
+    const auto levels = module.get_method("features")({frames[0]});
     for (const auto& level : levels.toTupleRef().elements()) {
       inputs.emplace_back(level.toTensor().unsqueeze(0));
     }
     inputs.emplace_back(frames.select(1, count / 2));
-    return engine->module.get_method("upscale")(std::move(inputs)).toTensor();
+    return module.get_method("upscale")(std::move(inputs)).toTensor();
   };
   torch::Tensor output;
   try {
@@ -230,6 +251,111 @@ void check_network_matches_metadata(IedvrEngine* engine) {
     }
   }
 }
+
+// The file as it is now, with what it is prepared for: a file rewritten in place is another key.
+std::optional<std::string> prepared_key(const std::string& path, const torch::Device& device,
+                                        torch::ScalarType dtype, bool fusion) {
+  struct stat status {};
+  if (stat(path.c_str(), &status) != 0) return std::nullopt;
+  std::ostringstream key;
+  key << status.st_dev << ':' << status.st_ino << ':' << status.st_size << ':'
+      << status.st_mtim.tv_sec << '.' << status.st_mtim.tv_nsec << ':' << status.st_ctim.tv_sec
+      << '.' << status.st_ctim.tv_nsec << ':' << device << ':' << dtype << ':' << fusion;
+  return key.str();
+}
+
+// The last few models prepared in this process. Preparing one takes about a second on two
+// cores (load, checksum, the checks below, freezing and fusing), paid once per model instead of
+// once per Upscale call and stream; the few kept beyond their filters' lifetime cost their weights.
+class PreparedModels {
+ public:
+  std::optional<PreparedModel> find(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto entry = entries_.begin(); entry != entries_.end(); ++entry) {
+      if (entry->first != key) continue;
+      entries_.splice(entries_.begin(), entries_, entry);  // most recently used first
+      return entries_.front().second;
+    }
+    return std::nullopt;
+  }
+  void add(const std::string& key, const PreparedModel& model) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.emplace_front(key, model);
+    if (entries_.size() > kKept) entries_.pop_back();
+  }
+
+ private:
+  static constexpr size_t kKept = 4;
+  std::mutex mutex_;
+  std::list<std::pair<std::string, PreparedModel>> entries_;
+};
+
+PreparedModels& prepared_models() {
+  static PreparedModels models;
+  return models;
+}
+
+// Loads and checks the model file for engine's device and dtype, then fuses it where the CPU can
+// (fusion == true). The fused module is kept if it passes the same check on a tiny window as the
+// plain one must: a libtorch whose oneDNN cannot run the fused convolution on this CPU keeps the
+// plain model instead of failing on every frame, and so do model files that libtorch cannot
+// freeze (those from before the `forward` method: freezing always keeps `forward`).
+PreparedModel prepare_model(IedvrEngine* engine, bool fusion) {
+  const std::string& path = engine->path;
+  check_is_torchscript_archive(path);
+  torch::jit::ExtraFilesMap extra{{model_metadata::kEntry, ""}};
+  PreparedModel prepared;
+  prepared.module = torch::jit::load(path, engine->device, extra);
+  const std::string& json = extra[model_metadata::kEntry];
+  if (json.empty()) {
+    throw std::runtime_error(
+        "it is not a vs-iedvr model file (no vs-iedvr metadata); export one with `vs-iedvr export`");
+  }
+  const model_metadata::Metadata metadata = model_metadata::parse(json);
+  prepared.info.scale = metadata.scale;
+  prepared.info.num_frames = metadata.num_frames;
+  // Files exported before the checksum existed have none and are taken as they are.
+  const std::string& recorded = metadata.weights_crc32;
+  if (!recorded.empty()) {
+    char computed[16];
+    std::snprintf(computed, sizeof computed, "%08x", weights_checksum(prepared.module));
+    if (recorded != computed) {
+      throw std::runtime_error("it is damaged: its weights' checksum is " + std::string(computed) +
+                               ", its metadata says " + recorded +
+                               "; download or export the model again");
+    }
+  }
+  prepared.module.eval();
+  // A model file may store its weights in float16 (the default model does, to stay small);
+  // they are converted to the engine's dtype either way.
+  prepared.module.to(engine->dtype);
+  // Channels-last weights and frames (channels-last 3D for the 3D convolutions, as
+  // network.channels_last_format says): oneDNN and cuDNN then skip a layout conversion around
+  // every convolution, and the DCN kernel reads channels-last.
+  for (auto parameter : prepared.module.parameters()) {
+    if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast));
+    if (parameter.dim() == 5) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast3d));
+  }
+  prepared.split = prepared.module.find_method("features").has_value() &&
+                   prepared.module.find_method("upscale").has_value();
+  check_weights_are_finite(prepared.module);
+  if (fusion) {
+    const std::vector<std::string> methods =
+        prepared.split ? std::vector<std::string>{"features", "upscale"}
+                       : std::vector<std::string>{"forward"};
+    try {
+      PreparedModel fused = prepared;
+      fused.module = cpu_fusion::fuse_conv_leaky_relu(prepared.module, methods,
+                                                      &fused.info.fused_convolutions);
+      check_network_matches_metadata(fused, engine->device, engine->dtype);
+      return fused;
+    } catch (const std::exception&) {
+      // The plain model's check below says whether the model or the fusion failed.
+    }
+  }
+  check_network_matches_metadata(prepared, engine->device, engine->dtype);
+  return prepared;
+}
 }  // namespace
 
 extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, int precision,
@@ -251,59 +377,27 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
       }
       engine->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device));
     }
-    check_is_torchscript_archive(model_path);
-    torch::jit::ExtraFilesMap extra{{model_metadata::kEntry, ""}};
-    engine->module = torch::jit::load(model_path, engine->device, extra);
-    const std::string& json = extra[model_metadata::kEntry];
-    if (json.empty()) {
-      write_error(error, error_size, std::string(model_path) +
-                                         " is not a vs-iedvr model file (no vs-iedvr metadata); "
-                                         "export one with `vs-iedvr export`");
-      return nullptr;
-    }
-    const model_metadata::Metadata metadata = model_metadata::parse(json);
-    engine->info.scale = metadata.scale;
-    engine->info.num_frames = metadata.num_frames;
-    // Files exported before the checksum existed have none and are taken as they are.
-    const std::string& recorded = metadata.weights_crc32;
-    if (!recorded.empty()) {
-      char computed[16];
-      std::snprintf(computed, sizeof computed, "%08x", weights_checksum(engine->module));
-      if (recorded != computed) {
-        throw std::runtime_error("it is damaged: its weights' checksum is " + std::string(computed) +
-                                 ", its metadata says " + recorded +
-                                 "; download or export the model again");
-      }
-    }
-    engine->module.eval();
     // 16-bit inference: float16 on CUDA; bfloat16 on the CPU, whose AVX512-BF16 and AMX units
     // run it (float16 would be emulated there). By default wherever the device computes it
-    // natively. A model file may store its weights in float16 (the default model does, to stay
-    // small); they are converted either way.
+    // natively.
     if (precision == 1 ||
         (precision == -1 && (engine->device.is_cuda() || cpu_has_native_bfloat16()))) {
       engine->dtype = engine->device.is_cuda() ? torch::kHalf : torch::kBFloat16;
     }
-    engine->module.to(engine->dtype);
-    // Channels-last weights and frames (channels-last 3D for the 3D convolutions, as
-    // network.channels_last_format says): oneDNN and cuDNN then skip a layout conversion around
-    // every convolution, and the DCN kernel reads channels-last.
-    for (auto parameter : engine->module.parameters()) {
-      if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast));
-      if (parameter.dim() == 5) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast3d));
-    }
     engine->path = model_path;
-    engine->split = engine->module.find_method("features").has_value() &&
-                    engine->module.find_method("upscale").has_value();
-    if (share_cache_with == nullptr) {  // the filter's other engines load the same file
-      check_weights_are_finite(engine->module);
-      check_network_matches_metadata(engine.get());
-    }
     const char* fusion_setting = std::getenv("IEDVR_CPU_FUSION");
-    const bool fusion_off = fusion_setting != nullptr && std::string(fusion_setting) == "0";
-    if (engine->device.is_cpu() && cpu_fusion::available() && !fusion_off) {
-      apply_cpu_fusion(engine.get());
+    const bool fusion = engine->device.is_cpu() && cpu_fusion::available() &&
+                        !(fusion_setting != nullptr && std::string(fusion_setting) == "0");
+    const auto key = prepared_key(engine->path, engine->device, engine->dtype, fusion);
+    std::optional<PreparedModel> prepared = key ? prepared_models().find(*key) : std::nullopt;
+    if (!prepared) {
+      prepared = prepare_model(engine.get(), fusion);
+      if (key) prepared_models().add(*key, *prepared);
     }
+    engine->module = prepared->module;
+    engine->info = prepared->info;
+    engine->split = prepared->split;
+    engine->costs = prepared->costs;
     // Room for one window plus the frames the next windows add, per engine using the cache.
     const size_t frames_per_engine = engine->info.num_frames + 2;
     if (share_cache_with != nullptr && share_cache_with->cache) {
@@ -378,33 +472,6 @@ torch::Tensor upscale_features(IedvrEngine* engine, const std::vector<Features>&
   }
   inputs.emplace_back(centre);
   return engine->module.get_method("upscale")(std::move(inputs)).toTensor();
-}
-
-// The rewrite of cpu_fusion.h, kept if the rewritten model then runs a tiny window: a libtorch
-// whose oneDNN cannot run the fused convolution on this CPU keeps the plain model instead of
-// failing on every frame, and so do model files that libtorch cannot freeze (those from before
-// the `forward` method: freezing always keeps `forward`).
-void apply_cpu_fusion(IedvrEngine* engine) {
-  const std::vector<std::string> methods = engine->split
-                                               ? std::vector<std::string>{"features", "upscale"}
-                                               : std::vector<std::string>{"forward"};
-  const torch::jit::Module plain = engine->module;
-  try {
-    int fused = 0;
-    engine->module = cpu_fusion::fuse_conv_leaky_relu(plain, methods, &fused);
-    const c10::InferenceMode inference;
-    const auto frame = torch::rand({1, 3, 16, 16}, torch::TensorOptions().dtype(engine->dtype))
-                           .contiguous(torch::MemoryFormat::ChannelsLast);
-    const size_t count = engine->info.num_frames;
-    if (engine->split) {
-      upscale_features(engine, std::vector<Features>(count, frame_features(engine, frame)), frame);
-    } else {
-      engine->module.forward({torch::cat(std::vector<torch::Tensor>(count, frame)).unsqueeze(0)});
-    }
-    engine->info.fused_convolutions = fused;
-  } catch (const std::exception&) {
-    engine->module = plain;
-  }
 }
 
 // The range input values are clamped to (Window::frame says why).
@@ -732,10 +799,17 @@ extern "C" int iedvr_engine_plan(IedvrEngine* engine, int width, int height, int
   try {
     std::lock_guard<std::mutex> lock(engine->mutex);
     memory_plan::Costs costs;
-    try {
-      costs = measure_costs(engine);
-    } catch (const std::exception& e) {
-      throw std::runtime_error("the model failed on the memory plan's trial windows: " + readable(e));
+    {
+      std::lock_guard<std::mutex> measuring(engine->costs->mutex);
+      if (!engine->costs->costs) {
+        try {
+          engine->costs->costs = measure_costs(engine);
+        } catch (const std::exception& e) {
+          throw std::runtime_error("the model failed on the memory plan's trial windows: " +
+                                   readable(e));
+        }
+      }
+      costs = *engine->costs->costs;
     }
     const double value_bytes = engine->dtype == torch::kFloat ? 4 : 2;
     const double scale2 = static_cast<double>(engine->info.scale) * engine->info.scale;

@@ -78,8 +78,8 @@ const EngineLibrary* load_engine(std::string& error) {
 
 enum class Border { reflect, replicate };
 
-// num_streams engines, each with its own copy of the model (and on CUDA its own stream), handed
-// out to VapourSynth's threads one at a time.
+// num_streams engines, sharing the model's weights (the engine prepares a model file once per
+// process) and on CUDA each with its own stream, handed out to VapourSynth's threads one at a time.
 class EnginePool {
  public:
   explicit EnginePool(const EngineLibrary* library) : library_(library) {}
