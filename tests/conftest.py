@@ -6,12 +6,19 @@ whose cores other processes keep busy, the spinning threads take turns with the 
 has work, and the many small parallel loops of loading a model and planning its memory took a
 minute per filter instead of seconds (a bench pipeline: 56 s against 10 s beside one other busy
 process on 2 cores). It changes when idle threads sleep, not how work is split: no frame
-depends on it. A value already set wins, so OMP_WAIT_POLICY=ACTIVE ./run test runs as before."""
+depends on it. A value already set wins, so OMP_WAIT_POLICY=ACTIVE ./run test runs as before.
+
+Under pytest-xdist (./run test runs a worker per core) each worker and the processes it starts
+get their share of the cores, unless OMP_NUM_THREADS is set: two workers with every core each took
+turns at every parallel loop."""
 
 import os
 import subprocess
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _workers)))
 
 import pytest  # noqa: E402
 

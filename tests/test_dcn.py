@@ -14,6 +14,16 @@ from devices import requires_cuda
 op = torch.ops.iedvr.modulated_deform_conv2d
 
 
+@pytest.fixture(autouse=True)
+def two_threads_at_least():
+    """The kernels' parallel parts (tasks per chunk, images in parallel, a weight gradient per
+    task) on two threads or more, also where tests/conftest.py gives a worker one core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    yield
+    torch.set_num_threads(threads)
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -67,6 +77,9 @@ CASES = [
     Case("kernel5_no_bias", kernel=(5, 5), padding=(2, 2), bias=False, deformable_groups=4),
     Case("far_outside", offset_scale=40.0, height=8, width=8),
     Case("no_padding", padding=(0, 0), height=7, width=9, in_channels=4, out_channels=6),
+    # Deformable groups of 16 channels (the backward's unrolled runs), images in parallel.
+    Case("batch2_runs_of_16", batch=2, in_channels=32, out_channels=8, deformable_groups=2,
+         height=7, width=9),
     # More output pixels than one CPU column buffer holds: exercises the chunked loop.
     Case("several_chunks", in_channels=16, out_channels=8, height=48, width=50,
          deformable_groups=4),

@@ -17,8 +17,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <mutex>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "../dcn.h"
@@ -85,10 +88,13 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
 // GEMM reads them. With 1 MiB they did not: a 64-channel L1 DCN at 180x320 took 32-35 ms in
 // bfloat16 and 39 in float32, against 28-30 and 31 with 256 to 512 KiB (128 KiB: 37 ms, 2 MiB:
 // 47; backward unchanged within noise).
+// The chunks of an image are made equal (1024 pixels: four of 256, not three of 336 and one of 16).
 int64_t pixels_per_chunk(const ConvGeometry& g, int64_t element_size) {
   const int64_t row = g.in_channels * g.taps() * element_size;
-  const int64_t chunk = ((int64_t{384} << 10) / row) / 16 * 16;
-  return std::min(std::max<int64_t>(chunk, 16), g.out_pixels());
+  const int64_t most = std::max<int64_t>(((int64_t{384} << 10) / row) / 16 * 16, 16);
+  const int64_t chunks = std::max<int64_t>((g.out_pixels() + most - 1) / most, 1);
+  const int64_t chunk = ((g.out_pixels() + chunks - 1) / chunks + 15) / 16 * 16;
+  return std::min(chunk, g.out_pixels());
 }
 
 // The weight as [C_out, taps * C_in / groups], matching the column layout.
@@ -229,42 +235,80 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
 
   if (g.batch > 0 && g.out_pixels() > 0 && g.in_channels > 0) {
-    at::Tensor columns = at::empty({chunk * row}, input.options());
-    at::Tensor grad_columns = at::empty({chunk * row}, input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, dtype, "iedvr_modulated_deform_conv2d_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          // Chunks run one after another because their samples scatter into overlapping parts
-          // of grad_input; inside a chunk the GEMMs use all threads and the sampling pass runs
-          // one deformable group per task (each owns its channels of grad_input).
-          for (int64_t b = 0; b < g.batch; ++b) {
+          // One chunk of image b: the column gradient (GEMM), the sampling pass (over the
+          // deformable groups, in parallel when `groups_in_parallel`: each owns its channels of
+          // grad_input), the weight gradient's share added to `weight_sum`.
+          const auto backward_chunk = [&](int64_t b, int64_t p_begin, int64_t n, at::Tensor& columns,
+                                          at::Tensor& grad_columns, at::Tensor& weight_sum,
+                                          bool groups_in_parallel) {
             // Null where a gradient is not wanted: the sampling pass skips that part of its work.
             acc_t* grad_input_b = wanted.input ? grad_input[b].data_ptr<acc_t>() : nullptr;
             scalar_t* grad_offset_b = wanted.offset ? grad_offset[b].data_ptr<scalar_t>() : nullptr;
             scalar_t* grad_mask_b = wanted.mask ? grad_mask[b].data_ptr<scalar_t>() : nullptr;
-            for (int64_t p_begin = 0; p_begin < g.out_pixels(); p_begin += chunk) {
-              const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
-              const at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
-              const at::Tensor grad_cols = grad_columns.narrow(0, 0, n * row).view({n, row});
-              const at::Tensor grad_out = grad_output[b].narrow(1, p_begin, n);
-              for (int64_t grp = 0; wanted.column_gradient() && grp < groups; ++grp) {
-                at::Tensor grad_cols_g = grad_cols.narrow(1, grp * rows_g, rows_g);
-                at::mm_out(grad_cols_g, grad_out.narrow(0, grp * cout_g, cout_g).t(),
-                           weight.narrow(0, grp * cout_g, cout_g));
+            const at::Tensor cols = columns.narrow(0, 0, n * row).view({n, row});
+            const at::Tensor grad_cols = grad_columns.narrow(0, 0, n * row).view({n, row});
+            const at::Tensor grad_out = grad_output[b].narrow(1, p_begin, n);
+            for (int64_t grp = 0; wanted.column_gradient() && grp < groups; ++grp) {
+              at::Tensor grad_cols_g = grad_cols.narrow(1, grp * rows_g, rows_g);
+              at::mm_out(grad_cols_g, grad_out.narrow(0, grp * cout_g, cout_g).t(),
+                         weight.narrow(0, grp * cout_g, cout_g));
+            }
+            const auto sampling_pass = [&](int64_t dg_begin, int64_t dg_end) {
+              for (int64_t dg = dg_begin; dg < dg_end; ++dg) {
+                backward_sampling_pass<scalar_t>(
+                    g, input[b].const_data_ptr<scalar_t>(), offset[b].const_data_ptr<scalar_t>(),
+                    mask[b].const_data_ptr<scalar_t>(), grad_cols.const_data_ptr<scalar_t>(),
+                    p_begin, n, dg, wanted.weight ? cols.data_ptr<scalar_t>() : nullptr,
+                    grad_input_b, grad_offset_b, grad_mask_b);
               }
-              at::parallel_for(0, g.deformable_groups, 1, [&](int64_t dg_begin, int64_t dg_end) {
-                for (int64_t dg = dg_begin; dg < dg_end; ++dg) {
-                  backward_sampling_pass<scalar_t>(
-                      g, input[b].const_data_ptr<scalar_t>(), offset[b].const_data_ptr<scalar_t>(),
-                      mask[b].const_data_ptr<scalar_t>(), grad_cols.const_data_ptr<scalar_t>(),
-                      p_begin, n, dg, wanted.weight ? cols.data_ptr<scalar_t>() : nullptr,
-                      grad_input_b, grad_offset_b, grad_mask_b);
+            };
+            if (groups_in_parallel) {
+              at::parallel_for(0, g.deformable_groups, 1, sampling_pass);
+            } else {
+              sampling_pass(0, g.deformable_groups);
+            }
+            for (int64_t grp = 0; wanted.weight && grp < groups; ++grp) {
+              weight_sum.narrow(0, grp * cout_g, cout_g)
+                  .add_(at::mm(grad_out.narrow(0, grp * cout_g, cout_g),
+                               cols.narrow(1, grp * rows_g, rows_g)));
+            }
+          };
+          const auto buffer = [&] { return at::empty({chunk * row}, input.options()); };
+          if (g.batch > 1 && g.batch >= at::get_num_threads()) {
+            // Images in parallel: their samples scatter into their own grad_input, so each task
+            // owns whole images (chunks, GEMMs and sampling single-threaded, as the forward's
+            // tasks), with a weight gradient of its own summed at the end. One parallel region
+            // per call instead of three per chunk: at training sizes (a batch of 32x32 images)
+            // their start-up and barriers cost more than the work.
+            const at::ThreadLocalState caller_state;
+            std::mutex weight_mutex;
+            at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+              const at::ThreadLocalStateGuard same_state(caller_state);
+              at::Tensor columns = buffer(), grad_columns = buffer();
+              at::Tensor weight_sum = wanted.weight ? at::zeros_like(grad_weight) : at::Tensor();
+              for (int64_t b = begin; b < end; ++b) {
+                for (int64_t p_begin = 0; p_begin < g.out_pixels(); p_begin += chunk) {
+                  const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
+                  backward_chunk(b, p_begin, n, columns, grad_columns, weight_sum, false);
                 }
-              });
-              for (int64_t grp = 0; wanted.weight && grp < groups; ++grp) {
-                grad_weight.narrow(0, grp * cout_g, cout_g)
-                    .add_(at::mm(grad_out.narrow(0, grp * cout_g, cout_g),
-                                 cols.narrow(1, grp * rows_g, rows_g)));
+              }
+              if (wanted.weight) {
+                const std::lock_guard<std::mutex> adding(weight_mutex);
+                grad_weight.add_(weight_sum);
+              }
+            });
+          } else {
+            // One image at a time, its chunks one after another (their samples scatter into
+            // overlapping parts of grad_input); inside a chunk the GEMMs use all threads and the
+            // sampling pass runs one deformable group per task.
+            at::Tensor columns = buffer(), grad_columns = buffer();
+            for (int64_t b = 0; b < g.batch; ++b) {
+              for (int64_t p_begin = 0; p_begin < g.out_pixels(); p_begin += chunk) {
+                const int64_t n = std::min(chunk, g.out_pixels() - p_begin);
+                backward_chunk(b, p_begin, n, columns, grad_columns, grad_weight, true);
               }
             }
           }

@@ -171,6 +171,50 @@ void sample_columns(const ConvGeometry& g, const scalar_t* input, const scalar_t
   }
 }
 
+// v rounded to scalar_t. For bfloat16, round-to-nearest-even without c10's branch for NaN (a
+// select instead, to the same quiet NaN), so that loops storing bfloat16 vectorise.
+template <typename scalar_t, typename acc_t>
+inline scalar_t to_scalar(acc_t v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return c10::BFloat16(static_cast<uint16_t>(v != v ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+  } else {
+    return static_cast<scalar_t>(v);
+  }
+}
+
+// The sums of one tap's samples over a run of kLength channels for the coordinate gradients
+// (sum over c of grad_col * value, * d value/dy, * d value/dx), and the run's columns where col is
+// not null. Per-channel products first, summed after: a loop of a fixed length without a
+// reduction in it vectorises (a float reduction does not, without -ffast-math).
+template <int kLength, typename scalar_t, typename acc_t>
+inline void coordinate_sums(const BilinearCorners<acc_t>& s, acc_t m, const scalar_t* const* x,
+                            const scalar_t* __restrict__ grad_col, scalar_t* __restrict__ col,
+                            acc_t& sum_value, acc_t& sum_dy, acc_t& sum_dx) {
+  acc_t by_value[kLength], by_dy[kLength], by_dx[kLength], value[kLength];
+  for (int c = 0; c < kLength; ++c) {
+    const acc_t v0 = static_cast<acc_t>(x[0][c]), v1 = static_cast<acc_t>(x[1][c]);
+    const acc_t v2 = static_cast<acc_t>(x[2][c]), v3 = static_cast<acc_t>(x[3][c]);
+    const acc_t gc = static_cast<acc_t>(grad_col[c]);
+    value[c] = s.weight[0] * v0 + s.weight[1] * v1 + s.weight[2] * v2 + s.weight[3] * v3;
+    by_value[c] = gc * value[c];
+    by_dy[c] = gc * (s.dweight_dy[0] * v0 + s.dweight_dy[1] * v1 + s.dweight_dy[2] * v2 +
+                     s.dweight_dy[3] * v3);
+    by_dx[c] = gc * (s.dweight_dx[0] * v0 + s.dweight_dx[1] * v1 + s.dweight_dx[2] * v2 +
+                     s.dweight_dx[3] * v3);
+  }
+  if (col != nullptr) {
+    for (int c = 0; c < kLength; ++c) col[c] = to_scalar<scalar_t>(m * value[c]);
+  }
+  for (int c = 0; c < kLength; ++c) {
+    sum_value += by_value[c];
+    sum_dy += by_dy[c];
+    sum_dx += by_dx[c];
+  }
+}
+
 // One pass over the samples of deformable group dg for pixels [p_begin, p_begin + n) of one image:
 // rebuilds the group's columns (for grad_weight), scatters grad_columns into grad_input
 // (channels-last, float) and writes grad_offset and grad_mask of those pixels. Each output may be
@@ -188,18 +232,27 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
   const std::vector<ChannelRun> runs = channel_runs(g, dg);
   std::vector<BilinearCorners<acc_t>> corners(n);
   std::vector<acc_t> modulation(n);
+  std::vector<int64_t> run_starts(runs.size());
   for (int64_t k = 0; k < taps; ++k) {
     sample_points(g, offset, mask, dg, k, p_begin, n, corners.data(), modulation.data());
+    for (size_t r = 0; r < runs.size(); ++r) run_starts[r] = runs[r].column_start(g, k);
     for (int64_t i = 0; i < n; ++i) {
       const BilinearCorners<acc_t>& s = corners[i];
       const acc_t m = modulation[i];
       acc_t sum_value = 0, sum_dy = 0, sum_dx = 0;
-      for (const ChannelRun& run : runs) {
-        const int64_t start = i * row + run.column_start(g, k), length = run.end - run.begin;
+      for (size_t r = 0; r < runs.size(); ++r) {
+        const ChannelRun& run = runs[r];
+        const int64_t start = i * row + run_starts[r], length = run.end - run.begin;
         const scalar_t* grad_col = grad_columns + start;
         const scalar_t* x[4];
         for (int j = 0; j < 4; ++j) x[j] = input + s.index[j] + run.begin;
-        if (coordinates) {
+        if (coordinates && length == 8) {
+          coordinate_sums<8>(s, m, x, grad_col, columns != nullptr ? columns + start : nullptr,
+                             sum_value, sum_dy, sum_dx);
+        } else if (coordinates && length == 16) {
+          coordinate_sums<16>(s, m, x, grad_col, columns != nullptr ? columns + start : nullptr,
+                              sum_value, sum_dy, sum_dx);
+        } else if (coordinates) {
           scalar_t* col = columns != nullptr ? columns + start : nullptr;
           for (int64_t c = 0; c < length; ++c) {
             const acc_t v0 = static_cast<acc_t>(x[0][c]), v1 = static_cast<acc_t>(x[1][c]);
@@ -207,7 +260,7 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
             const acc_t gc = static_cast<acc_t>(grad_col[c]);
             const acc_t value = s.weight[0] * v0 + s.weight[1] * v1 + s.weight[2] * v2 +
                                 s.weight[3] * v3;
-            if (col != nullptr) col[c] = static_cast<scalar_t>(m * value);
+            if (col != nullptr) col[c] = to_scalar<scalar_t>(m * value);
             sum_value += gc * value;
             sum_dy += gc * (s.dweight_dy[0] * v0 + s.dweight_dy[1] * v1 + s.dweight_dy[2] * v2 +
                             s.dweight_dy[3] * v3);
@@ -222,7 +275,7 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
                                 s.weight[1] * static_cast<acc_t>(x[1][c]) +
                                 s.weight[2] * static_cast<acc_t>(x[2][c]) +
                                 s.weight[3] * static_cast<acc_t>(x[3][c]);
-            col[c] = static_cast<scalar_t>(m * value);
+            col[c] = to_scalar<scalar_t>(m * value);
           }
         }
         if (grad_input != nullptr) {
