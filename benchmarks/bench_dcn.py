@@ -2,6 +2,7 @@
 reference and a plain convolution of the same size, in one run.
 
     .venv/bin/python benchmarks/bench_dcn.py [--height 180 --width 320 --repeats 7]
+    .venv/bin/python benchmarks/bench_dcn.py --batch 4 --height 32 --width 32   # a training step's
 
 GFLOP/s count the operator's FLOPs (vs_iedvr.ops.modulated_deform_conv2d_flops); the plain
 convolution's count its GEMM only. The peak is the measured float32 (and bfloat16) matrix-multiply
@@ -46,6 +47,7 @@ def gemm_peak(dtype, sizes=(1024, 2048, 3072), repeats=5):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--height", type=int, default=180)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--channels", type=int, default=64)
@@ -55,15 +57,15 @@ def main():
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    c, h, w, dg = args.channels, args.height, args.width, args.deformable_groups
+    n, c, h, w, dg = args.batch, args.channels, args.height, args.width, args.deformable_groups
     conv_args = ([1, 1], [1, 1], [1, 1], 1, dg)
-    flops = modulated_deform_conv2d_flops(1, c, c, h, w, (3, 3))
-    conv_flops = 2 * c * c * 9 * h * w
+    flops = modulated_deform_conv2d_flops(n, c, c, h, w, (3, 3))
+    conv_flops = 2 * n * c * c * 9 * h * w
     peaks = {torch.float32: gemm_peak(torch.float32), torch.bfloat16: gemm_peak(torch.bfloat16)}
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"shape: batch 1, {c} channels, {h}x{w}, 3x3, {dg} deformable groups; "
+    print(f"shape: batch {n}, {c} channels, {h}x{w}, 3x3, {dg} deformable groups; "
           f"{args.repeats} runs, median")
     for dtype, peak in peaks.items():
         print(f"measured GEMM peak ({str(dtype).removeprefix('torch.')}): {peak / 1e9:.1f} GFLOP/s")
@@ -72,12 +74,12 @@ def main():
 
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
-        x = torch.randn(1, c, h, w, dtype=dtype)
-        offset = (torch.randn(1, 2 * dg * 9, h, w) * 2).to(dtype)
-        mask = torch.sigmoid(torch.randn(1, dg * 9, h, w)).to(dtype)
+        x = torch.randn(n, c, h, w, dtype=dtype)
+        offset = (torch.randn(n, 2 * dg * 9, h, w) * 2).to(dtype)
+        mask = torch.sigmoid(torch.randn(n, dg * 9, h, w)).to(dtype)
         weight = (torch.randn(c, c, 3, 3) * 0.05).to(dtype)
         bias = torch.zeros(c, dtype=dtype)
-        out = torch.randn(1, c, h, w, dtype=dtype)
+        out = torch.randn(n, c, h, w, dtype=dtype)
         peak = peaks[dtype]
 
         with torch.no_grad():

@@ -7,7 +7,8 @@ Builds the run's network, optimiser and data exactly as `train` does (nothing is
 times, per step: making the batch (data generation and loading, here in this process so that it
 can be timed; `train` makes it in --num-workers processes beside the step), the forward pass by
 module, the loss, the backward pass split into the deformable convolutions' backward, the
-ordinary convolutions' backward and the rest, and the optimiser. Medians over --steps steps after
+ordinary convolutions' backward and the rest (with the autograd nodes that take most of it), and
+the optimiser. Medians over --steps steps after
 --warmup-steps; the backward's parts come from torch.profiler over the same steps. Steps/s count
 the step without the batch (what `train` gets while its workers keep up) and with it (what it gets
 where they cannot: one core each). GFLOP/s count three times the forward's FLOPs per step (the
@@ -73,6 +74,16 @@ def backward_parts(events, steps: int) -> dict[str, float]:
     return {name: microseconds / 1e6 / steps for name, microseconds in parts.items()}
 
 
+def largest_other_nodes(events, steps: int, count: int = 4) -> list[tuple[str, float]]:
+    """The autograd nodes that take most of the backward's rest, as (name, seconds per step):
+    where the next speed-up of the backward is to be found beside the convolutions."""
+    prefix = "autograd::engine::evaluate_function: "
+    nodes = [(event.key.removeprefix(prefix), event.cpu_time_total / 1e6 / steps)
+             for event in events if event.key.startswith(prefix)
+             and "ConvolutionBackward" not in event.key and "deform_conv2d" not in event.key]
+    return sorted(nodes, key=lambda node: -node[1])[:count]
+
+
 def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
     """The timings of `steps` training steps of this config; see the module's docstring."""
     if steps < 1 or warmup_steps < 0:
@@ -134,13 +145,15 @@ def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
         rows["step without the batch"].append(finished - made)
     profiler.__exit__(None, None, None)
     medians = {name: statistics.median(values) for name, values in rows.items()}
-    parts = backward_parts(profiler.key_averages(), steps)
+    events = profiler.key_averages()
+    parts = backward_parts(events, steps)
     for name, seconds in parts.items():
         medians[f"backward: {name}"] = seconds
     medians["backward: the rest"] = medians["backward"] - sum(parts.values())
     with autocast():
         forward_flops = count_flops(lambda: network(low))
-    return {"seconds": medians, "step_flops": 3 * forward_flops, "device": device,
+    return {"seconds": medians, "rest_nodes": largest_other_nodes(events, steps),
+            "step_flops": 3 * forward_flops, "device": device,
             "dtype": amp_dtype or torch.float32, "threads": torch.get_num_threads()}
 
 
@@ -159,6 +172,9 @@ def print_profile(result: dict, config: TrainConfig, peaks: dict) -> None:
     for name in order:
         label = "  " + name.split(": ", 1)[1] if ": " in name else name
         print(f"{label:44s} {seconds[name] * 1e3:9.1f} {seconds[name] / with_batch:6.1%}")
+        if name == "backward: the rest":  # its largest autograd nodes, children included
+            for node, node_seconds in result["rest_nodes"]:
+                print(f"{'    ' + node[:40]:44s} {node_seconds * 1e3:9.1f} {node_seconds / with_batch:6.1%}")
     rate = result["step_flops"] / step
     print(f"steps/s: {1 / step:.3f} without the batch (workers keeping up), "
           f"{1 / with_batch:.3f} with it (made in the step's process)")

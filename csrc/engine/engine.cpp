@@ -290,9 +290,10 @@ class PreparedModels {
   std::list<std::pair<std::string, PreparedModel>> entries_;
 };
 
+// Never destroyed: freeing CUDA tensors after the CUDA runtime has shut down at exit can fail.
 PreparedModels& prepared_models() {
-  static PreparedModels models;
-  return models;
+  static auto* models = new PreparedModels;
+  return *models;
 }
 
 // Loads and checks the model file for engine's device and dtype, then fuses it where the CPU can
