@@ -1,5 +1,6 @@
 """core.iedvr.Upscale, the native VapourSynth filter, against the eager network on the same
-frames; border and scene-change handling; threads and request order; errors; vspipe; and that
+frames; border and scene-change handling; threads and request order; a model file rewritten in
+place; errors; vspipe; and that
 VapourSynth's start-up does not load libtorch."""
 
 import random
@@ -70,6 +71,24 @@ def test_frames_equal_the_eager_network(network_and_model, frames, n):
     assert (out.width, out.height, out.num_frames) == (4 * WIDTH, 4 * HEIGHT, LENGTH)
     window = [reflect(n + k, 0, LENGTH - 1) for k in range(-2, 3)]
     np.testing.assert_allclose(planes(out.get_frame(n)), expected(net, frames, window), atol=1e-5)
+
+
+def test_a_model_file_rewritten_in_place_is_loaded_again(frames, tmp_path):
+    # The engine prepares a model file once per process and shares it with later filters: the
+    # same file gives the same frames, a rewritten one its new weights' frames.
+    path = tmp_path / "model.pt"
+    first = export_small_network(path)
+    before = planes(core.iedvr.Upscale(clip_of(frames), model=str(path), fp16=0).get_frame(3))
+    again = planes(core.iedvr.Upscale(clip_of(frames), model=str(path), fp16=0).get_frame(3))
+    np.testing.assert_array_equal(again, before)
+    second = IEDVR(SMALL).eval()
+    with torch.no_grad():
+        for name, parameter in second.named_parameters():
+            parameter.copy_(dict(first.named_parameters())[name] * 0.5)
+    model_file.export_model(second, path, "small")
+    after = planes(core.iedvr.Upscale(clip_of(frames), model=str(path), fp16=0).get_frame(3))
+    np.testing.assert_allclose(after, expected(second, frames, [1, 2, 3, 4, 5]), atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3
 
 
 def test_replicate_border(network_and_model, frames):
