@@ -1,7 +1,6 @@
 """core.iedvr.Upscale, the native VapourSynth filter, against the eager network on the same
 frames; border and scene-change handling; threads and request order; a model file rewritten in
-place; errors; vspipe; and that
-VapourSynth's start-up does not load libtorch."""
+place; errors; vspipe; and that VapourSynth's start-up does not load libtorch."""
 
 import random
 import subprocess
