@@ -9,8 +9,9 @@ process on 2 cores). It changes when idle threads sleep, not how work is split: 
 depends on it. A value already set wins, so OMP_WAIT_POLICY=ACTIVE ./run test runs as before.
 
 Under pytest-xdist (./run test runs a worker per core) each worker and the processes it starts
-get their share of the cores, unless OMP_NUM_THREADS is set: two workers with every core each took
-turns at every parallel loop."""
+get their share of the cores as OMP_NUM_THREADS, unless it is set, so that the workers do not each
+run a thread per core on the same cores (tests/test_dcn.py raises its own to 2, for the kernels'
+parallel parts)."""
 
 import os
 import subprocess
