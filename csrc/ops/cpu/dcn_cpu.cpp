@@ -19,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <mutex>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -280,11 +279,12 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
           if (g.batch > 1 && g.batch >= at::get_num_threads()) {
             // Images in parallel: their samples scatter into their own grad_input, so each task
             // owns whole images (chunks, GEMMs and sampling single-threaded, as the forward's
-            // tasks), with a weight gradient of its own summed at the end. One parallel region
-            // per call instead of three per chunk: at training sizes (a batch of 32x32 images)
-            // their start-up and barriers cost more than the work.
+            // tasks), with a weight gradient of its own, added in the images' order afterwards
+            // (the same sum whatever the threads' timing). One parallel region per call instead
+            // of three per chunk: at training sizes (a batch of 32x32 images) their start-up and
+            // barriers cost more than the work.
             const at::ThreadLocalState caller_state;
-            std::mutex weight_mutex;
+            std::vector<at::Tensor> weight_sums(g.batch);  // at each task's first image
             at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
               const at::ThreadLocalStateGuard same_state(caller_state);
               at::Tensor columns = buffer(), grad_columns = buffer();
@@ -295,11 +295,11 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
                   backward_chunk(b, p_begin, n, columns, grad_columns, weight_sum, false);
                 }
               }
-              if (wanted.weight) {
-                const std::lock_guard<std::mutex> adding(weight_mutex);
-                grad_weight.add_(weight_sum);
-              }
+              weight_sums[begin] = weight_sum;
             });
+            for (const at::Tensor& weight_sum : weight_sums) {
+              if (weight_sum.defined()) grad_weight.add_(weight_sum);
+            }
           } else {
             // One image at a time, its chunks one after another (their samples scatter into
             // overlapping parts of grad_input); inside a chunk the GEMMs use all threads and the
