@@ -90,6 +90,15 @@ def test_a_model_file_rewritten_in_place_is_loaded_again(frames, tmp_path):
     assert np.abs(after - before).max() > 1e-3
 
 
+def test_a_shipped_model_by_its_short_name(frames):
+    small = frames[:, :, :6, :7]
+    by_default = planes(core.iedvr.Upscale(clip_of(small)).get_frame(2))
+    by_name = planes(core.iedvr.Upscale(clip_of(small), model="default").get_frame(2))
+    np.testing.assert_array_equal(by_name, by_default)
+    with pytest.raises(vs.Error, match=r"does not exist; the shipped models are .*default-x2"):
+        core.iedvr.Upscale(clip_of(small), model="no-such-model")
+
+
 def test_replicate_border(network_and_model, frames):
     net, path = network_and_model
     out = core.iedvr.Upscale(clip_of(frames), model=path, border="replicate", fp16=0)

@@ -363,10 +363,25 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     }
   } else {
     model_path = model;
+    // A bare name that is no file here names a shipped model: "codec" or "default-x2.pt".
+    const std::filesystem::path shipped = package_folder() / "models";
+    if (model_path.find('/') == std::string::npos && !std::filesystem::exists(model_path)) {
+      for (const std::string& name : {model_path, model_path + ".pt"}) {
+        if (std::filesystem::is_regular_file(shipped / name)) {
+          model_path = (shipped / name).string();
+          break;
+        }
+      }
+    }
     std::error_code status_error;
     const auto status = std::filesystem::status(model_path, status_error);
     if (!std::filesystem::exists(status)) {
-      return fail("model file \"" + model_path + "\" does not exist");
+      std::string names;
+      for (const auto& entry : std::filesystem::directory_iterator(shipped, status_error)) {
+        if (entry.path().extension() == ".pt") names += (names.empty() ? "" : ", ") + entry.path().stem().string();
+      }
+      return fail("model file \"" + model_path + "\" does not exist" +
+                  (names.empty() ? std::string() : "; the shipped models are " + names));
     }
     if (!std::filesystem::is_regular_file(status)) {
       return fail("model \"" + model_path + "\" is " +
