@@ -363,11 +363,12 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     }
   } else {
     model_path = model;
-    // A bare name that is no file here names a shipped model: "codec" or "default-x2.pt".
+    // A bare name that is no file here names a shipped model: "default-x2" or "default-x2.pt".
     const std::filesystem::path shipped = package_folder() / "models";
-    if (model_path.find('/') == std::string::npos && !std::filesystem::exists(model_path)) {
+    std::error_code ignored;
+    if (model_path.find('/') == std::string::npos && !std::filesystem::exists(model_path, ignored)) {
       for (const std::string& name : {model_path, model_path + ".pt"}) {
-        if (std::filesystem::is_regular_file(shipped / name)) {
+        if (std::filesystem::is_regular_file(shipped / name, ignored)) {
           model_path = (shipped / name).string();
           break;
         }
@@ -377,8 +378,9 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     const auto status = std::filesystem::status(model_path, status_error);
     if (!std::filesystem::exists(status)) {
       std::string names;
-      for (const auto& entry : std::filesystem::directory_iterator(shipped, status_error)) {
-        if (entry.path().extension() == ".pt") names += (names.empty() ? "" : ", ") + entry.path().stem().string();
+      for (const auto& entry : std::filesystem::directory_iterator(shipped, ignored)) {
+        if (entry.path().extension() != ".pt") continue;
+        names += (names.empty() ? "" : ", ") + entry.path().stem().string();
       }
       return fail("model file \"" + model_path + "\" does not exist" +
                   (names.empty() ? std::string() : "; the shipped models are " + names));
