@@ -15,7 +15,8 @@ from vs_iedvr.training.degradations import bicubic_downscale
 from vs_iedvr.training.evaluate import evaluate
 from vs_iedvr.training.metrics import psnr
 
-from test_training import TINY_NETWORK
+from test_training import TINY_NETWORK, tiny_config
+from vs_iedvr.training.train import train
 
 
 
@@ -92,6 +93,18 @@ def test_codec_fraction_sets_the_share(clip_root):
         compressed += not torch.equal(low[2], data.degrade(high[None], 4, "BI")[0])
     assert 6 <= compressed <= 18, compressed
     assert clean.codec_fraction == 0.0
+
+
+def test_the_model_file_of_a_codec_run_names_its_codec_recipe(clip_root, tmp_path):
+    # Weights for compressed sources are told apart from clean ones by their metadata.
+    def trained(out_dir, **codec):
+        path = train(tiny_config(clip_root, tmp_path / out_dir, data=[str(clip_root / "clips")],
+                                 iterations=2, validate_every=100, **codec))
+        return model_file.read_metadata(path)["weights"]["training"]
+
+    codec = trained("codec", codec_fraction=0.8, crf_min=20, crf_max=30)
+    assert codec["codec_fraction"] == 0.8 and codec["crf_range"] == [20, 30]
+    assert "codec_fraction" not in trained("clean") and codec["total_steps"] == 2
 
 
 def test_evaluate_scores_compressed_sources(clip_root, tmp_path):

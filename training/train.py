@@ -581,6 +581,9 @@ def export_model_file(config: TrainConfig, out_dir: Path, best_psnr: float) -> P
                               "init": config.init or None, "step": saved["step"],
                               "total_steps": saved["total_steps"],
                               "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
+    if config.codec_fraction:  # weights for compressed sources say which
+        provenance["training"] |= {"codec_fraction": config.codec_fraction,
+                                   "crf_range": [config.crf_min, config.crf_max]}
     model_file.export_model(final, path, config.arch, provenance)
     return path
 
