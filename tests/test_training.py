@@ -4,6 +4,7 @@ resume, a two-process run, and the exported model file."""
 import csv
 import dataclasses
 import math
+import pickle
 import subprocess
 import sys
 import time
@@ -129,6 +130,42 @@ def test_samples_are_deterministic_and_shaped(dataset_root):
         # 8-bit input, as decoded video would be
         assert torch.equal((low * 255).round(), low * 255)
     assert not torch.equal(dataset[0][1], dataset[1][1])
+
+
+def test_cached_images_give_the_same_samples_without_decoding_again(dataset_root, monkeypatch):
+    clips, stills = data.find_sources([str(dataset_root / "clips"), f"stills:{dataset_root / 'stills'}"],
+                                      5, dataset_root / "cache")
+    uncached = data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=3)
+    cached = data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=3, image_cache_mb=1)
+    expected = [uncached[i] for i in range(12)]
+    assert cached.preload_images() == 3 * 7 + 1  # every frame and the photograph
+    def decode_again(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(data, "read_image", decode_again)
+    for index, (low, high) in enumerate(expected):  # every image from memory
+        again_low, again_high = cached[index]
+        assert torch.equal(low, again_low) and torch.equal(high, again_high)
+    with pytest.raises(ValueError, match="image_cache_mb"):
+        data.WindowDataset(clips, stills, 5, 4, 8, "BI", seed=3, image_cache_mb=-1)
+
+
+def test_decoded_images_keep_to_their_budget_least_recently_used_out(tmp_path):
+    paths = []
+    for i, side in enumerate((8, 8, 8, 16)):  # 192 bytes each, and 768
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((side, side, 3), 10 * i, np.uint8)).save(paths[-1])
+    images = data.DecodedImages(budget_bytes=400)  # two small images
+    for path in paths[:3]:
+        assert torch.equal(images(path), data.read_image(path))
+    assert list(images.images) == paths[1:3] and images.used_bytes == 384
+    images(paths[1])  # used again: paths[2] is now the oldest
+    images(paths[0])
+    assert list(images.images) == [paths[1], paths[0]]
+    assert images(paths[3]).shape == (3, 16, 16) and paths[3] not in images.images  # over budget
+    # A data worker's copy starts empty with the same budget.
+    copy = pickle.loads(pickle.dumps(images))
+    assert copy.images == {} and copy.used_bytes == 0 and copy.budget_bytes == 400
 
 
 @pytest.mark.parametrize("still_fraction, expected", [(0.0, 0.25), (0.8, 0.8)])

@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,37 @@ def read_image(path: Path) -> torch.Tensor:
     with Image.open(path) as image:
         array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+class DecodedImages:
+    """read_image with the decoded images kept in memory up to a byte budget, least recently used
+    out first. A run draws the same few thousand frames and photographs again and again, and
+    decoding a JPEG or PNG costs more than the rest of a sample. The tensors are shared: callers
+    cut and convert them, never write into them. Each data process keeps its own (a pickled copy
+    starts empty)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes, self.used_bytes = budget_bytes, 0
+        self.images: OrderedDict[Path, torch.Tensor] = OrderedDict()
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        image = self.images.get(path)
+        if image is not None:
+            self.images.move_to_end(path)
+            return image
+        image = read_image(path)
+        if image.nbytes <= self.budget_bytes:
+            self.images[path] = image
+            self.used_bytes += image.nbytes
+            while self.used_bytes > self.budget_bytes:
+                self.used_bytes -= self.images.popitem(last=False)[1].nbytes
+        return image
+
+    def __getstate__(self):
+        return {"budget_bytes": self.budget_bytes}
+
+    def __setstate__(self, state):
+        self.__init__(state["budget_bytes"])
 
 
 @dataclass(frozen=True)
@@ -187,6 +219,9 @@ def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
     axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     gy, gx = torch.meshgrid(axis, axis, indexing="ij")
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    # Interpolation is linear: the field's two parts are upsampled once, then mixed per frame.
+    fields = F.interpolate(warp, size=(size, size), mode="bicubic",
+                           align_corners=True).permute(0, 2, 3, 1)
     views = []
     for t in range(num_frames):
         step = t - num_frames // 2
@@ -196,9 +231,7 @@ def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
         x = centre_x + shift[0] + zoom * (cos * gx - sin * gy)
         y = centre_y + shift[1] + zoom * (sin * gx + cos * gy)
         grid = torch.stack([x / (width - 1) * 2 - 1, y / (height - 1) * 2 - 1], dim=-1)[None]
-        field = warp[0] + warp[1] * step / max(1, num_frames // 2)
-        grid = grid + F.interpolate(field[None], size=(size, size), mode="bicubic",
-                                    align_corners=True).permute(0, 2, 3, 1)
+        grid = grid + fields[0] + fields[1] * (step / max(1, num_frames // 2))
         views.append(F.grid_sample(image[None], grid, mode="bicubic", padding_mode="reflection",
                                    align_corners=True)[0])
     return torch.stack(views).clamp(0, 1)
@@ -252,7 +285,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, clips: list[Clip], stills: list[Still], num_frames: int, scale: int,
                  patch_size: int, degradation: str, seed: int, augmentation: bool = True,
                  still_fraction: float = 0.0, codec_fraction: float = 0.0,
-                 crf_range: tuple[float, float] = (18.0, 35.0)):
+                 crf_range: tuple[float, float] = (18.0, 35.0), image_cache_mb: int = 0):
         if not clips and not stills:
             raise ValueError("no training data: give at least one clip source or stills:FOLDER")
         if not 0 <= still_fraction <= 1:
@@ -261,7 +294,10 @@ class WindowDataset(torch.utils.data.Dataset):
             raise ValueError(f"codec_fraction must be in [0, 1], got {codec_fraction}")
         if not 0 <= crf_range[0] <= crf_range[1] <= 51:
             raise ValueError(f"crf_range must be two CRFs from 0 to 51, low first, got {crf_range}")
+        if image_cache_mb < 0:
+            raise ValueError(f"image_cache_mb must be at least 0, got {image_cache_mb}")
         self.codec_fraction, self.crf_range = codec_fraction, crf_range
+        self.read_image = DecodedImages(image_cache_mb * 2**20)
         self.clips, self.stills = clips, stills
         check_clip_sizes(clips, patch_size, scale)
         # 0: every window of a clip and every still is one equally likely sample. Otherwise this
@@ -273,6 +309,16 @@ class WindowDataset(torch.utils.data.Dataset):
         # totals: sample position p belongs to the first source whose total exceeds p.
         windows = [len(c.frames) - num_frames + 1 for c in clips] + [1] * len(stills)
         self.window_ends = list(itertools.accumulate(windows))
+
+    def preload_images(self) -> int:
+        """Decodes the sources' images into the cache until its budget is full, as a long run's
+        first steps do (for timings of the steady state); returns how many it holds."""
+        paths = [frame for clip in self.clips for frame in clip.frames] + [s.path for s in self.stills]
+        for path in paths:
+            if self.read_image.used_bytes >= self.read_image.budget_bytes:
+                break
+            self.read_image(path)
+        return len(self.read_image.images)
 
     def pass_length(self) -> int:
         """Samples in one pass over the data: every window of every clip, every still once."""
@@ -302,11 +348,11 @@ class WindowDataset(torch.utils.data.Dataset):
         position -= self.window_ends[source - 1] if source else 0
         if source < len(self.clips):
             paths = self.clips[source].frames[position : position + self.num_frames]
-            frames = torch.stack([read_image(p) for p in paths])
+            frames = torch.stack([self.read_image(p) for p in paths])
             margin = 0 if crf is None else codec_margin(frames.shape[-2:], self.patch, self.scale)
             high = random_crop(frames, (self.patch + margin) * self.scale, generator).float() / 255
         else:
-            image = read_image(self.stills[source - len(self.clips)].path)
+            image = self.read_image(self.stills[source - len(self.clips)].path)
             margin = 0 if crf is None else 2 * CODEC_MARGIN
             high = synthetic_motion(image, self.num_frames, (self.patch + margin) * self.scale,
                                     generator)

@@ -5,7 +5,8 @@
 
 Builds the run's network, optimiser and data exactly as `train` does (nothing is written), then
 times, per step: making the batch (data generation and loading, here in this process so that it
-can be timed; `train` makes it in --num-workers processes beside the step), the forward pass by
+can be timed, from decoded images already in memory as in a run's steady state; `train` makes it
+in --num-workers processes beside the step), the forward pass by
 module, the loss, the backward pass split into the deformable convolutions' backward, the
 ordinary convolutions' backward and the rest (with the autograd nodes that take most of it), and
 the optimiser. Medians over --steps steps after
@@ -95,6 +96,8 @@ def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
     network = build(config.arch, scale=config.scale, **config.network)
     dataset, _ = load_data(dataclasses.replace(config, validation_fraction=0.0), network.config.num_frame,
                            Path(config.out_dir), processes)
+    # A run's steady state: after its first steps the decoded images come from memory.
+    dataset.preload_images()
     trainee = prepare_trainee(network, config, processes, Path(os.devnull) / "no-resume")
     network, optimizer = trainee.network, trainee.optimizer
     amp_dtype = low_precision_dtype(device) if config.amp else None

@@ -82,6 +82,9 @@ class TrainConfig:
                                         "again, as compressed sources are; 0 = clean input only.")
     crf_min: float = option(18.0, "Lowest CRF of the codec samples (best quality).")
     crf_max: float = option(35.0, "Highest CRF of the codec samples (worst quality).")
+    image_cache_mb: int = option(2048, "Decoded frames and photographs kept in memory by each "
+                                       "data process (least recently used out first); 0 = decode "
+                                       "every time.")
     patch_size: int = option(64, "Side of the low-resolution training patch in pixels.")
     batch_size: int = option(8, "Samples per step in each process.")
     iterations: int = option(100_000, "Training steps of the whole run, a resumed one included.")
@@ -129,7 +132,8 @@ class TrainConfig:
         rather than as an error from deep inside the loop (or a run that trains nothing)."""
         whole_numbers = {"batch_size": 1, "iterations": 1, "validation_samples": 1,
                          "validate_every": 1, "checkpoint_every": 1, "log_every": 1,
-                         "warmup_iterations": 0, "restart_every": 0, "num_workers": 0, "threads": 0}
+                         "warmup_iterations": 0, "restart_every": 0, "num_workers": 0, "threads": 0,
+                         "image_cache_mb": 0}
         for name, least in whole_numbers.items():
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:
@@ -256,7 +260,8 @@ def load_data(config: TrainConfig, frames: int, out_dir: Path,
     """The training samples, and the validation samples (read and degraded once, so that every
     validation scores the same ones; rank 0 alone validates) or None when nothing is held out."""
     clips, stills = find_sources(config.data, frames, out_dir / "decoded")
-    codec = {"codec_fraction": config.codec_fraction, "crf_range": (config.crf_min, config.crf_max)}
+    codec = {"codec_fraction": config.codec_fraction, "crf_range": (config.crf_min, config.crf_max),
+             "image_cache_mb": config.image_cache_mb}
     (train_clips, train_stills), (val_clips, val_stills) = split_validation(
         clips, stills, config.validation_fraction, config.seed)
     dataset = WindowDataset(train_clips, train_stills, frames, config.scale, config.patch_size,
