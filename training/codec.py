@@ -30,12 +30,17 @@ def encode_decode(frames: np.ndarray, crf: float, codec: str = "libx264",
     with av.open(buffer, "w", format="matroska") as container:
         stream = container.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One thread: the data loader's workers are the parallelism (and x264 is deterministic).
+        # One thread: the data loader's workers are the parallelism.
         stream.options = {"crf": f"{crf:g}", "preset": preset, "threads": "1"}
         if codec == "libx264":
-            stream.options |= {"x264-params": "log-level=none"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # Without MB-tree: with it, this x264 encodes the same frames differently from one run
+            # to the next (seen from about 30 frames on, even on one thread), and evaluations of
+            # whole clips would not repeat.
+            stream.options |= {"x264-params": "log-level=none:mbtree=0"}
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = index  # timestamps for the rate control, as a real stream has
+            for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():  # flush the frames the encoder holds back
             container.mux(packet)
