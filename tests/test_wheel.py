@@ -127,7 +127,8 @@ def test_wheel_metadata_and_contents(wheel):
     assert re.search(r"^Tag: py3-none-linux_x86_64$", tags, re.M), tags
     assert wheel.name.endswith("-py3-none-linux_x86_64.whl")
     for library in ("vapoursynth/plugins/iedvr/libiedvr_vs.so", "vs_iedvr/libiedvr_ops.so",
-                    "vs_iedvr/libiedvr_engine.so", "vs_iedvr/models/default.pt"):
+                    "vs_iedvr/libiedvr_engine.so", "vs_iedvr/models/default.pt",
+                    "vs_iedvr/models/default-x2.pt", "vs_iedvr/models/codec.pt"):
         assert library in names
     # Only what the sources hold now: no module left over from an earlier build.
     packaged = {n for n in names if n.endswith(".py")}
