@@ -6,8 +6,8 @@ holds the sources, in turn.
     .venv/bin/python -P benchmarks/bench_data.py [--samples 200 --rounds 2 --codec-fraction 0.8]
 
 The cache is filled by reading every frame and photograph of the data once before its rounds (a
-run's steady state: the default data's 1,555 images are all drawn within its first few hundred
-steps). Both sides make the same samples (indexes 0 to --samples - 1).
+run's steady state: nearly all of the default data's 1,555 images are drawn within its first
+thousand steps). Both sides make the same samples (indexes 0 to --samples - 1).
 """
 
 import argparse
