@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from vs_iedvr.training.data import WindowDataset, find_sources
+from vs_iedvr.training.default_data import VIDEOS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "default"
-CLIPS = ["diver.mov", "balle-jbart.mp4", "lego.mp4", "vtest.avi", "tree.avi", "balle1-vp9.avi",
-         "realshort.mp4"]
+CLIPS = [video.name for video in VIDEOS if video.split == "train"]  # as fetch-data writes them
 
 
 def dataset(cache_mb: int, codec_fraction: float, decoded: Path) -> WindowDataset:
