@@ -6,6 +6,7 @@ and its reason are in docs/architecture.md."""
 import torch
 from torch import nn
 
+from .conv3d import Conv3d
 from .edvr_blocks import leaky_relu
 
 
@@ -93,11 +94,11 @@ class Temporal3DFusionBlock(nn.Module):
         super().__init__()
         self.center = num_frame // 2
         hidden = num_feat // 2
-        self.attention_reduce = nn.Conv3d(num_feat, hidden, 1)
-        self.attention_conv = nn.Conv3d(hidden, hidden, 3, 1, 1)
-        self.attention_expand = nn.Conv3d(hidden, num_feat, 1)
-        self.side_fusion = nn.Conv3d(num_feat, num_feat, (self.center + 1, 1, 1))
-        self.combine = nn.Conv3d(num_feat, num_feat, 3, 1, (0, 1, 1), groups=num_feat)
+        self.attention_reduce = Conv3d(num_feat, hidden, 1)
+        self.attention_conv = Conv3d(hidden, hidden, 3, 1, 1)
+        self.attention_expand = Conv3d(hidden, num_feat, 1)
+        self.side_fusion = Conv3d(num_feat, num_feat, (self.center + 1, 1, 1))
+        self.combine = Conv3d(num_feat, num_feat, 3, 1, (0, 1, 1), groups=num_feat)
         self.conv_out = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
 
     def forward(self, frames):
