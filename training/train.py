@@ -41,7 +41,7 @@ from vs_iedvr.network import PRESETS, SIZE_MULTIPLE, NetworkConfig, build, chann
 from .data import WindowDataset, find_sources, split_validation
 from .loss import charbonnier_loss
 from .metrics import psnr, ssim
-from .threads import ThreadTuner
+from .threads import ThreadTuner, machine_idle_cores
 from .warm_start import describe, read_initial_weights, warm_start
 
 OFFSET_WARNING = 50.0  # pixels: offsets this large mean the alignment is diverging
@@ -623,7 +623,8 @@ def train(config: TrainConfig) -> Path | None:
         print(f"step 0 (the --init weights) val Y-PSNR {scores['val_psnr_y']:.2f} "
               f"SSIM {scores['val_ssim_y']:.4f}", file=sys.stderr, flush=True)
 
-    tuner = ThreadTuner(torch.get_num_threads()) if config.adapt_threads and device.type == "cpu" else None
+    tuner = (ThreadTuner(torch.get_num_threads(), idle_cores=machine_idle_cores())
+             if config.adapt_threads and device.type == "cpu" else None)
 
     # -- the loop ----------------------------------------------------------------------------------
     model.train()
