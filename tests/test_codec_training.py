@@ -1,6 +1,8 @@
 """Compressed sources in training and evaluation (training/codec.py): x264's round trip, the codec
 samples of the dataset, evaluate's compressed conditions; and `vs-iedvr-train profile`."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,11 @@ def test_profile_prints_where_a_step_goes(clip_root, tmp_path, capsys):
     parts = rows["deformable convolutions"] + rows["convolutions"] + rows["the rest"]
     assert parts == pytest.approx(rows["backward"], abs=0.3)
     assert "steps/s" in out and "of the measured float32 peak" in out
+    # oneDNN's kernels of one more step, from its log: the convolutions' three passes among them,
+    # and their time a part of the step's.
+    calls, milliseconds = re.search(r"oneDNN's kernels in one more step: (\d+) calls, ([\d.]+) ms",
+                                    out).groups()
+    kinds = re.findall(r"^  convolution (forward_training|backward_data|backward_weights) ", out, re.M)
+    assert set(kinds) == {"forward_training", "backward_data", "backward_weights"}, out
+    step_ms = sum(rows[name] for name in ("forward", "loss", "backward", "optimizer"))
+    assert int(calls) > 0 and 0 < float(milliseconds) < 1.5 * step_ms

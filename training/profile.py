@@ -6,11 +6,12 @@
 Builds the run's network, optimiser and data exactly as `train` does (nothing is written), then
 times, per step: making the batch (data generation and loading, here in this process so that it
 can be timed, from decoded images already in memory as in a run's steady state; `train` makes it
-in --num-workers processes beside the step), the forward pass by
-module, the loss, the backward pass split into the deformable convolutions' backward, the
-ordinary convolutions' backward and the rest (with the autograd nodes that take most of it), and
-the optimiser. Medians over --steps steps after
---warmup-steps; the backward's parts come from torch.profiler over the same steps. Steps/s count
+in --num-workers processes beside the step), the forward pass by module, the loss, the backward
+pass split into the deformable convolutions' backward, the ordinary convolutions' backward and the
+rest (with the autograd nodes that take most of it), and the optimiser; on the CPU also oneDNN's
+kernels (convolutions, matrix products, reorders: calls and time) in one more step. Medians over
+--steps steps after --warmup-steps; the backward's parts come from torch.profiler over the same
+steps. Steps/s count
 the step without the batch (what `train` gets while its workers keep up) and with it (what it gets
 where they cannot: one core each). GFLOP/s count three times the forward's FLOPs per step (the
 backward computes two products per forward one) against this machine's measured peaks.
@@ -19,6 +20,8 @@ backward computes two products per forward one) against this machine's measured 
 import dataclasses
 import os
 import statistics
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -85,6 +88,39 @@ def largest_other_nodes(events, steps: int, count: int = 4) -> list[tuple[str, f
     return sorted(nodes, key=lambda node: -node[1])[:count]
 
 
+def onednn_primitives(run_step) -> dict[tuple[str, str], list]:
+    """oneDNN's primitives in one call of run_step (CPU), from its verbose log: (kind, propagation)
+    -> [calls, seconds]. The log goes to file descriptor 1, redirected to a file meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                run_step()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = log.read().splitlines()
+    primitives = defaultdict(lambda: [0, 0.0])
+    for line in lines:
+        # onednn_verbose,[v1,]primitive,exec,cpu,KIND,IMPLEMENTATION,PROPAGATION,...,MILLISECONDS
+        fields = line.split(",")
+        if not fields[0].endswith("onednn_verbose") or "exec" not in fields[:5]:
+            continue
+        at = fields.index("exec")
+        try:
+            milliseconds = float(fields[-1])
+        except ValueError:
+            continue
+        kind, propagation = fields[at + 2], fields[at + 4]
+        entry = primitives[(kind, propagation if propagation != "undef" else "")]
+        entry[0] += 1
+        entry[1] += milliseconds / 1e3
+    return dict(primitives)
+
+
 def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
     """The timings of `steps` training steps of this config; see the module's docstring."""
     if steps < 1 or warmup_steps < 0:
@@ -113,16 +149,8 @@ def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
         sync()
         return time.perf_counter()
 
-    rows = defaultdict(list)
-    network.train()
-    for step in range(warmup_steps + steps):
-        if step == warmup_steps:
-            timer.take()
-            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            profiler.__enter__()
-        started = clock()
-        low, high = batch(step)
-        made = clock()
+    def train_step(low, high) -> tuple[float, float, float, float]:
+        """One step on a batch; the clock after its forward, loss, backward and optimiser."""
         with autocast():
             out = network(low)
         forward_done = clock()
@@ -133,7 +161,19 @@ def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
         backward_done = clock()
         trainee.scaler.step(optimizer)
         trainee.scaler.update()
-        finished = clock()
+        return forward_done, loss_done, backward_done, clock()
+
+    rows = defaultdict(list)
+    network.train()
+    for step in range(warmup_steps + steps):
+        if step == warmup_steps:
+            timer.take()
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            profiler.__enter__()
+        started = clock()
+        low, high = batch(step)
+        made = clock()
+        forward_done, loss_done, backward_done, finished = train_step(low, high)
         modules = timer.take()
         if step < warmup_steps:
             continue
@@ -153,9 +193,12 @@ def profile(config: TrainConfig, steps: int = 6, warmup_steps: int = 2) -> dict:
     for name, seconds in parts.items():
         medians[f"backward: {name}"] = seconds
     medians["backward: the rest"] = medians["backward"] - sum(parts.values())
+    # One more step with oneDNN's log: how much of the step its kernels are, and how many calls.
+    primitives = onednn_primitives(lambda: train_step(low, high)) if device.type == "cpu" else {}
     with autocast():
         forward_flops = count_flops(lambda: network(low))
     return {"seconds": medians, "rest_nodes": largest_other_nodes(events, steps),
+            "onednn": primitives,
             "step_flops": 3 * forward_flops, "device": device,
             "dtype": amp_dtype or torch.float32, "threads": torch.get_num_threads()}
 
@@ -178,6 +221,16 @@ def print_profile(result: dict, config: TrainConfig, peaks: dict) -> None:
         if name == "backward: the rest":  # its largest autograd nodes, children included
             for node, node_seconds in result["rest_nodes"]:
                 print(f"{'    ' + node[:40]:44s} {node_seconds * 1e3:9.1f} {node_seconds / with_batch:6.1%}")
+    if result["onednn"]:
+        calls = sum(count for count, _ in result["onednn"].values())
+        busy = sum(seconds for _, seconds in result["onednn"].values())
+        print(f"oneDNN's kernels in one more step: {calls} calls, {busy * 1e3:.1f} ms "
+              f"({busy / step:.1%} of a step without the batch); the rest is PyTorch's work "
+              f"around each call and the other kernels")
+        for (kind, propagation), (count, seconds) in sorted(result["onednn"].items(),
+                                                          key=lambda item: -item[1][1]):
+            label = f"  {kind} {propagation}".rstrip()
+            print(f"{label:44s} {seconds * 1e3:9.1f} {seconds / with_batch:6.1%} {count:6d} calls")
     rate = result["step_flops"] / step
     print(f"steps/s: {1 / step:.3f} without the batch (workers keeping up), "
           f"{1 / with_batch:.3f} with it (made in the step's process)")
