@@ -11,7 +11,7 @@ BESIDE_ONE_BUSY_PROCESS = {1: 0.38, 2: 0.21}
 
 def run(tuner: ThreadTuner, phases: list[tuple[int, dict]]) -> list[list[int]]:
     """The count of every step, phase by phase. Where the tuner reads the machine's idle cores,
-    2 cores: a phase whose 1-thread rate is below half its 2-thread one is alone (the threads'
+    2 cores: a phase whose 1-thread rate is below 0.6 of its 2-thread one is alone (the threads'
     own cores busy, the others idle), any other has one busy process beside it."""
     now, counts, phase = 0.0, [], None
     if tuner.idle_cores is not None:
