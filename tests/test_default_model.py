@@ -26,6 +26,11 @@ CODEC = MODELS / "codec.pt"
 DEMO_CLIP = Path(__file__).resolve().parents[1] / "demo" / "dog.mkv"
 
 
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """To 8 bits, as a frame written out would be."""
+    return (x * 255).round() / 255
+
+
 def demo_frames(count: int) -> torch.Tensor:
     import av
 
@@ -64,7 +69,6 @@ def test_default_weights_beat_bicubic_on_a_held_out_real_frame(scale):
     with torch.no_grad():
         upscaled = model(low[None])[0].clamp(0, 1)
     truth = high[2]
-    quantise = lambda x: (x * 255).round() / 255
     model_psnr = psnr(quantise(upscaled), truth, crop_border=4, y_channel=True)
     bicubic_psnr = psnr(quantise(bicubic_upscale(low[2:3], scale)[0].clamp(0, 1)), truth,
                         crop_border=4, y_channel=True)
@@ -83,7 +87,6 @@ def test_codec_weights_beat_the_default_on_held_out_frames_through_x264():
     # (4:2:0, encoded as one clip): every window of frames 2-9, PSNR-Y against the source frames.
     high = demo_frames(12)
     low = compress(degrade(high, 4, "BI"), 28)
-    quantise = lambda x: (x * 255).round() / 255
 
     def mean_psnr(upscale) -> float:
         scores = [psnr(quantise(upscale(t)), high[t], crop_border=4, y_channel=True) for t in range(2, 10)]

@@ -99,15 +99,18 @@ def machine_idle_cores() -> Callable[[], float | None]:
     since its previous call (the first call: since boot), from Linux's /proc/stat; None where that
     cannot be read."""
     previous = [0, 0]  # idle and total jiffies of those cores
+    try:
+        allowed = {f"cpu{core}" for core in os.sched_getaffinity(0)}
+    except AttributeError:  # no affinity on this platform: /proc/stat is not there either
+        allowed = set()
 
     def idle_cores() -> float | None:
         try:
-            allowed = {f"cpu{core}" for core in os.sched_getaffinity(0)}
             with open("/proc/stat") as stat:
                 # cpuN user nice system idle iowait irq softirq steal ...
                 cores = [[int(value) for value in line.split()[1:9]] for line in stat
                          if line.split(maxsplit=1)[0] in allowed]
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             return None
         idle = sum(jiffies[3] + jiffies[4] for jiffies in cores)
         total = sum(sum(jiffies) for jiffies in cores)

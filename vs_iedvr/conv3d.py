@@ -28,7 +28,6 @@ class _Float32WeightGradientConvolution(torch.autograd.Function):
             output = F.conv3d(x, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation, groups)
-        ctx.has_bias = bias is not None
         return output
 
     @staticmethod
@@ -48,7 +47,7 @@ class _Float32WeightGradientConvolution(torch.autograd.Function):
         if needs_weight:
             grad_weight = convolution_backward(grad_output.to(wide), x.to(wide), weight.to(wide),
                                                [False, True, False])[1]
-        if needs_bias and ctx.has_bias:
+        if needs_bias:  # False without a bias
             grad_bias = grad_output.sum((0, 2, 3, 4), dtype=wide)
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
