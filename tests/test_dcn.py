@@ -160,6 +160,29 @@ def test_any_layout_matches_reference(case, layout):
     assert out.stride() == conv_output.stride()
 
 
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in (
+    "groups2_dg8", "stride2_odd", "batch2_runs_of_16", "several_chunks")], ids=lambda c: c.name)
+def test_any_layout_of_inputs_and_output_gradient_backpropagates_as_the_reference(case, layout):
+    """The backward reads the output's gradient in the layout autograd hands it (channels-last
+    from the network's convolutions) without copying it, and returns the input's gradient in the
+    input's layout, as conv2d's backward does."""
+    input, offset, mask, weight, bias = case.tensors()
+    laid_out = [LAYOUTS[layout](t).requires_grad_() for t in (input, offset, mask)]
+    out = op(*laid_out, weight, bias, *case.conv_args())
+    grad_output = LAYOUTS[layout](torch.randn(out.shape, dtype=torch.float64,
+                                              generator=torch.Generator().manual_seed(1)))
+    grads = torch.autograd.grad(out, laid_out, grad_output)
+    leaves = [t.clone().requires_grad_() for t in (input, offset, mask)]
+    expected = modulated_deform_conv2d_reference(*leaves, weight, bias, *case.conv_args())
+    expected_grads = torch.autograd.grad(expected, leaves, grad_output)
+    for name, grad, expected_grad in zip(("input", "offset", "mask"), grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9,
+                                   msg=lambda m: f"{name}: {m}")
+    if layout == "channels_last":
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
 def test_zero_offset_unit_mask_equals_conv2d():
     case = Case("conv", in_channels=16, out_channels=8, groups=2, deformable_groups=4,
                 stride=(2, 1), dilation=(1, 2), padding=(1, 2), height=15, width=12)

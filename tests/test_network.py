@@ -209,10 +209,13 @@ def test_bad_input_shapes_are_explained():
         net(torch.rand(1, 3, 3, 8, 8))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("name", ["iedvr-m", "edvr-m"])
-def test_split_alignment_equals_the_concatenating_one(name):
+def test_split_alignment_equals_the_concatenating_one(name, layout):
     """The plugin's path (per-frame features with their alignment terms, then the per-window
-    half) computes what forward() does; in float64, so that only the algebra is compared."""
+    half, one frame at a time) computes what forward() does (every frame in one batch); in
+    float64, so that only the algebra is compared, with planar and channels-last weights (the
+    layout training uses)."""
     torch.manual_seed(0)
     net = build(name, num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_extract_block=1,
                 num_enhance_block=1, num_reconstruct_block=1).double().eval()
@@ -220,6 +223,9 @@ def test_split_alignment_equals_the_concatenating_one(name):
     for module in net.modules():
         if isinstance(module, edvr_blocks.DCNv2Pack):
             torch.nn.init.normal_(module.conv_offset.weight, std=0.05)
+    for parameter in net.parameters():
+        if parameter.dim() == 4:
+            parameter.data = parameter.data.contiguous(memory_format=layout)
     frames = torch.rand(2, 5, 3, 16, 24, dtype=torch.float64)
     with torch.no_grad():
         per_frame = net.frame_features(frames.flatten(0, 1))
