@@ -410,6 +410,34 @@ def test_compiled_call_reports_the_shape_error(name):
         torch.export.export(Layer(), tuple(args[:5]))
 
 
+@pytest.mark.parametrize("weight_layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("layout", ["contiguous", *LAYOUTS])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_fake_backward_promises_the_strides_the_kernel_returns(case, layout, weight_layout):
+    """torch.compile builds its graph on the fake kernel's strides and checks them against the
+    real ones: each gradient in the layout of its tensor, for every layout the network hands it
+    (channels-last activations and weights in training)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    lay_out = LAYOUTS.get(layout, lambda t: t)
+    input, offset, mask, weight, bias = case.tensors()
+    input, offset, mask = lay_out(input), lay_out(offset), lay_out(mask)
+    weight = weight.contiguous(memory_format=weight_layout)
+    output = op(input, offset, mask, weight, bias, *case.conv_args())
+    tensors = [lay_out(torch.randn(output.shape, dtype=output.dtype)), input, offset, mask,
+               weight, bias]
+    backward = torch.ops.iedvr.modulated_deform_conv2d_backward
+    real = backward(*tensors, *case.conv_args())
+    mode = FakeTensorMode()
+    fakes = [None if t is None else mode.from_tensor(t) for t in tensors]
+    with mode:
+        promised = backward(*fakes, *case.conv_args())
+    for name, grad, fake in zip(("input", "offset", "mask", "weight", "bias"), real, promised):
+        assert (grad is None) == (fake is None), name
+        if grad is not None:
+            assert grad.stride() == fake.stride(), name
+
+
 def test_fake_kernel_shapes_follow_stride_padding_dilation():
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -165,8 +165,12 @@ def _backward_fake(grad_output, input, offset, mask, weight, bias, stride, paddi
     torch._check(grad_output.dim() == 4 and all(a == b for a, b in zip(grad_output.shape, expected)),
                  lambda: f"iedvr::modulated_deform_conv2d: grad_output must have shape "
                          f"[N, C_out, H_out, W_out] = {expected}, got {list(grad_output.shape)}")
-    grads = (torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask),
-             torch.empty_like(weight), weight.new_empty((weight.shape[0],)))
+    # Each in the memory format of the tensor it is the gradient of, as the kernels return it.
+    def like(tensor):
+        return tensor.new_empty(tensor.shape).contiguous(
+            memory_format=torch._prims_common.suggest_memory_format(tensor))
+
+    grads = (like(input), like(offset), like(mask), like(weight), weight.new_empty((weight.shape[0],)))
     # The kernels return no tensor (None) for a gradient the mask leaves out.
     return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
 

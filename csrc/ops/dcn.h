@@ -32,6 +32,21 @@ ConvGeometry check_modulated_deform_conv2d_backward_args(
 // convolution_backward returns them.
 using Gradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// Each gradient in the memory format of the tensor it is the gradient of (channels-last for the
+// network's), as aten's convolution_backward returns them and as the fake kernel (vs_iedvr/ops.py)
+// says: torch.compile's graphs are built on that promise, and the next convolution's backward
+// would otherwise copy the gradient to its layout.
+inline Gradients in_their_layouts(const at::Tensor& input, const at::Tensor& offset,
+                                  const at::Tensor& mask, const at::Tensor& weight,
+                                  Gradients grads) {
+  const auto like = [](const at::Tensor& grad, const at::Tensor& of) {
+    return grad.defined() ? grad.contiguous(of.suggest_memory_format()) : grad;
+  };
+  auto& [grad_input, grad_offset, grad_mask, grad_weight, grad_bias] = grads;
+  return {like(grad_input, input), like(grad_offset, offset), like(grad_mask, mask),
+          like(grad_weight, weight), grad_bias};
+}
+
 // The backward's output_mask, named. Autograd asks only for the gradients of inputs that require
 // them (a frozen weight, an offset computed without gradient), and each one skipped saves work.
 struct GradientMask {

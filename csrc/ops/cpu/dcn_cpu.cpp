@@ -317,17 +317,15 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
           }
         });
   }
-  // In the input's layout: channels-last, as the sums were made, needs no transposition.
-  if (grad_input.defined()) {
-    grad_input = grad_input.permute({0, 3, 1, 2}).to(dtype).contiguous(input_.suggest_memory_format());
-  }
+  // The sums were made channels-last: for a channels-last input (the network's) no transposition.
+  if (grad_input.defined()) grad_input = grad_input.permute({0, 3, 1, 2}).to(dtype);
   if (grad_weight.defined()) {
     grad_weight = grad_weight.view({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels / groups})
                       .permute({0, 3, 1, 2})
-                      .contiguous()
                       .to(dtype);
   }
-  return {grad_input, grad_offset, grad_mask, grad_weight, grad_bias};
+  return in_their_layouts(input_, offset_, mask_, weight_,
+                          {grad_input, grad_offset, grad_mask, grad_weight, grad_bias});
 }
 
 }  // namespace

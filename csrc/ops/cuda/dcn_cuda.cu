@@ -223,9 +223,11 @@ Gradients backward_cuda(const at::Tensor& grad_output_, const at::Tensor& input_
   if (wanted.offset) grad_offset = at::zeros_like(offset);
   if (wanted.mask) grad_mask = at::zeros_like(mask);
   const auto result = [&]() -> Gradients {
-    return {grad_input.defined() ? grad_input.to(dtype) : at::Tensor(), grad_offset, grad_mask,
-            grad_weight.defined() ? grad_weight.to(dtype).view(weight_.sizes()) : at::Tensor(),
-            grad_bias};
+    return in_their_layouts(
+        input_, offset_, mask_, weight_,
+        {grad_input.defined() ? grad_input.to(dtype) : at::Tensor(), grad_offset, grad_mask,
+         grad_weight.defined() ? grad_weight.to(dtype).view(weight_.sizes()) : at::Tensor(),
+         grad_bias});
   };
   if (g.batch == 0 || g.out_pixels() == 0 || g.in_channels == 0) return result();
   const int64_t chunk = pixels_per_chunk(g, input.element_size());
