@@ -1,6 +1,6 @@
 """A training step with PCD alignment one frame at a time against all the window's frames in one
-batch (IEDVR.align_window), alternated step by step in one process: this machine's speed drifts
-by up to 1.6x within minutes, and only steps taken in turn compare.
+batch (IEDVR.align_frame_by_frame, align_in_one_batch), alternated step by step in one process:
+this machine's speed drifts by up to 1.6x within minutes, and only steps taken in turn compare.
 
     .venv/bin/python -P benchmarks/bench_align_batching.py [--rounds 14] [--batch 4] [--threads 2]
 
@@ -23,14 +23,6 @@ from vs_iedvr.network import IEDVR, build, channels_last_format
 from vs_iedvr.training.loss import charbonnier_loss
 
 
-def align_frame_by_frame(self, levels):
-    """The alignment as it was: one PCD call per frame of the window, each against the centre."""
-    center = self.config.center
-    reference = [level[:, center] for level in levels]
-    return torch.stack([self.pcd_align([level[:, i] for level in levels], reference)
-                        for i in range(self.config.num_frame)], dim=1)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=14, help="steps of each, in turn (default 14)")
@@ -46,7 +38,9 @@ def main() -> int:
         parameter.data = parameter.data.contiguous(memory_format=channels_last_format(parameter))
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, betas=(0.9, 0.99))
     low, high = torch.rand(args.batch, 5, 3, 32, 32), torch.rand(args.batch, 3, 128, 128)
-    sides = {"frame by frame": align_frame_by_frame, "one batch": IEDVR.align_window}
+    # A training step records gradients, so align_window takes one batch; each side pins its way.
+    sides = {"frame by frame": IEDVR.align_frame_by_frame, "one batch": IEDVR.align_in_one_batch}
+    chooser = IEDVR.align_window
 
     def step(align) -> float:
         IEDVR.align_window = align
@@ -66,7 +60,7 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, align in sides.items():
             times[name].append(step(align))
-    IEDVR.align_window = sides["one batch"]
+    IEDVR.align_window = chooser
     for name, seconds in times.items():
         print(f"{name:15s} median step {statistics.median(seconds) * 1000:7.1f} ms")
     ratios = [a / b for a, b in zip(times["frame by frame"], times["one batch"])]

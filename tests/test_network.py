@@ -209,23 +209,26 @@ def test_bad_input_shapes_are_explained():
         net(torch.rand(1, 3, 3, 8, 8))
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("name", ["iedvr-m", "edvr-m"])
-def test_split_alignment_equals_the_concatenating_one(name, layout):
-    """The plugin's path (per-frame features with their alignment terms, then the per-window
-    half, one frame at a time) computes what forward() does (every frame in one batch); in
-    float64, so that only the algebra is compared, with planar and channels-last weights (the
-    layout training uses)."""
+def small_network_with_moving_offsets(name="iedvr-m", layout=torch.contiguous_format):
     torch.manual_seed(0)
     net = build(name, num_feat=16, deformable_groups=4, rigid_widths=(8, 16), num_extract_block=1,
-                num_enhance_block=1, num_reconstruct_block=1).double().eval()
-    # Non-zero offsets, so that the deformable sampling depends on the offset terms.
-    for module in net.modules():
+                num_enhance_block=1, num_reconstruct_block=1).double()
+    for module in net.modules():  # non-zero offsets: the sampling depends on the offset path
         if isinstance(module, edvr_blocks.DCNv2Pack):
             torch.nn.init.normal_(module.conv_offset.weight, std=0.05)
     for parameter in net.parameters():
         if parameter.dim() == 4:
             parameter.data = parameter.data.contiguous(memory_format=layout)
+    return net
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("name", ["iedvr-m", "edvr-m"])
+def test_split_alignment_equals_the_concatenating_one(name, layout):
+    """The plugin's path (per-frame features with their alignment terms, then the per-window
+    half) computes what forward() does; in float64, so that only the algebra is compared, with
+    planar and channels-last weights (the layout training uses)."""
+    net = small_network_with_moving_offsets(name, layout).eval()
     frames = torch.rand(2, 5, 3, 16, 24, dtype=torch.float64)
     with torch.no_grad():
         per_frame = net.frame_features(frames.flatten(0, 1))
@@ -233,3 +236,36 @@ def test_split_alignment_equals_the_concatenating_one(name, layout):
         split = net.reconstruct(*levels[:3], frames[:, 2], levels[3:])
         torch.testing.assert_close(split, net(frames), rtol=1e-10, atol=1e-10)
         assert len(per_frame) == 6 and per_frame[3].shape == per_frame[0].shape
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_alignment_in_one_batch_has_the_values_and_gradients_of_frame_by_frame(layout):
+    """Training aligns the window's frames as one batch; in float64 its output and every
+    parameter's gradient equal those of one alignment per frame."""
+    net = small_network_with_moving_offsets(layout=layout)
+    frames = torch.rand(2, 5, 3, 16, 24, dtype=torch.float64)
+    results = []
+    for align in (net.align_in_one_batch, net.align_frame_by_frame):
+        net.align_window = align
+        out = net(frames)
+        results.append((out.detach(), torch.autograd.grad(out.square().sum(), list(net.parameters()))))
+    (batched, batched_grads), (per_frame, per_frame_grads) = results
+    torch.testing.assert_close(batched, per_frame, rtol=1e-10, atol=1e-10)
+    for (name, _), a, b in zip(net.named_parameters(), batched_grads, per_frame_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+def test_inference_aligns_frame_by_frame_and_training_in_one_batch(monkeypatch):
+    """Without gradients (inference, tracing, export) one frame's alignment activations at a
+    time; with them, one batch."""
+    net = small_network_with_moving_offsets()
+    frames = torch.rand(1, 5, 3, 8, 8, dtype=torch.float64)
+    calls = []
+    for way in ("align_in_one_batch", "align_frame_by_frame"):
+        original = getattr(type(net), way)
+        monkeypatch.setattr(type(net), way,
+                            lambda self, levels, way=way, original=original: calls.append(way) or original(self, levels))
+    with torch.no_grad():
+        net(frames)
+    net(frames)
+    assert calls == ["align_frame_by_frame", "align_in_one_batch"]

@@ -200,10 +200,23 @@ class IEDVR(nn.Module):
 
     def align_window(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Every frame of the window aligned to the centre one: pyramid levels [B, T, C, h, w] ->
-        [B, T, C, H, W]. PCD alignment treats each sample on its own, so the T frames go through
-        it as one batch of B * T, the reference repeated beside each: the same result as one call
-        per frame, in a fifth of the calls, each five times larger (in a CPU training step, 5%
-        faster)."""
+        [B, T, C, H, W]. In one batch while gradients are recorded (training keeps every frame's
+        activations for the backward anyway), else frame by frame, so that inference and the
+        traced and exported networks hold one frame's alignment activations at a time."""
+        if torch.is_grad_enabled():
+            return self.align_in_one_batch(levels)
+        return self.align_frame_by_frame(levels)
+
+    def align_frame_by_frame(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        center = self.config.center
+        reference = [level[:, center] for level in levels]
+        return torch.stack([self.pcd_align([level[:, i] for level in levels], reference)
+                            for i in range(self.config.num_frame)], dim=1)
+
+    def align_in_one_batch(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """PCD alignment treats each sample on its own, so the T frames go through it as one
+        batch of B * T, the reference repeated beside each: the same result in a fifth of the
+        calls, each five times larger (a CPU training step 1.045x faster)."""
         frames, center = self.config.num_frame, self.config.center
         neighbours = [level.flatten(0, 1) for level in levels]
         references = [level[:, center : center + 1].expand_as(level).flatten(0, 1)
