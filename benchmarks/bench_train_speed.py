@@ -9,7 +9,9 @@ Each run is a fresh process that trains --steps steps of the recipe (log every 5
 validated or exported), with the environment of this process. The rate is the median of the
 log's 5-step windows after the first (the steady state, without the start-up and the first
 batch). The baseline's training/ folder is taken from git; both use the installed vs_iedvr (the
-compiled operator of this checkout).
+compiled operator of this checkout), unless --whole-package: then the baseline also runs its own
+vs_iedvr (network, operator's Python side) with its operator library compiled from its csrc/
+(benchmarks/build_ops.py, about a minute), so that changes anywhere in the package count.
 
 --beside COMMAND keeps COMMAND running (started again whenever it ends, in its own session) during
 a second run of each side, in turn with the runs alone: how much of its speed training keeps
@@ -62,6 +64,20 @@ def training_code(revision: str | None, folder: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return target
+
+
+def whole_package(revision: str, code: Path) -> None:
+    """Adds `revision`'s vs_iedvr, with its operator library built from its own csrc/, beside its
+    training code: the run's sys.path puts it before the installed package."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "vs_iedvr", "csrc"],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(code, filter="data")
+    (code / "benchmarks").mkdir(exist_ok=True)  # build_ops.py compiles the csrc/ beside it
+    (code / "benchmarks" / "build_ops.py").write_bytes((ROOT / "benchmarks" / "build_ops.py").read_bytes())
+    subprocess.run([sys.executable, "-P", str(code / "benchmarks" / "build_ops.py"), str(code / "ops"),
+                    "--cuda", "0"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (code / "vs_iedvr" / "libiedvr_ops.so").write_bytes((code / "ops" / "libiedvr_ops.so").read_bytes())
 
 
 def steps_per_second(code: Path, out_dir: Path, steps: int) -> float:
@@ -124,6 +140,8 @@ def run_beside(beside: Beside, *args) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="commit whose training code to compare with")
+    parser.add_argument("--whole-package", action="store_true",
+                        help="the baseline runs its own vs_iedvr and compiled operator too")
     parser.add_argument("--beside", help="a command to keep running beside this checkout's runs")
     parser.add_argument("--steps", type=int, default=30, help="steps per run (default 30)")
     parser.add_argument("--pairs", type=int, default=3, help="runs of each, in turn (default 3)")
@@ -137,6 +155,10 @@ def main() -> int:
         codes = {"this checkout": training_code(None, folder)}
         if args.baseline:
             codes[f"baseline {args.baseline}"] = training_code(args.baseline, folder)
+            if args.whole_package:
+                whole_package(args.baseline, codes[f"baseline {args.baseline}"])
+        elif args.whole_package:
+            parser.error("--whole-package needs --baseline")
         sides = {name: (code, None) for name, code in codes.items()}
         if args.beside:
             sides |= {f"{name} beside `{args.beside}`": (code, Beside(args.beside))
