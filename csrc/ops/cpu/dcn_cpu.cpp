@@ -213,8 +213,7 @@ Gradients backward_cpu(const at::Tensor& grad_output_, const at::Tensor& input_,
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   // Each image's output gradient as [pixel, channel] rows, a view for channels-last and planar
-  // tensors alike (the GEMMs take either as it is): a copy to one layout cost as much as a
-  // quarter of the backward at training sizes.
+  // tensors alike (the GEMMs take either as it is), so that neither is copied to the other.
   const at::Tensor grad_output =
       grad_output_.permute({0, 2, 3, 1}).reshape({g.batch, g.out_pixels(), g.out_channels});
   const at::ScalarType dtype = input_.scalar_type(), acc_type = at::toOpMathType(dtype);
