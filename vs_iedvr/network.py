@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._prims_common import suggest_memory_format
 
 from .edvr_blocks import (PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, leaky_relu,
                           make_layer)
@@ -220,7 +221,7 @@ class IEDVR(nn.Module):
         frames, center = self.config.num_frame, self.config.center
         neighbours = [level.flatten(0, 1) for level in levels]
         references = [level[:, center : center + 1].expand_as(level).flatten(0, 1)
-                      .contiguous(memory_format=memory_format_of(neighbour))
+                      .contiguous(memory_format=suggest_memory_format(neighbour))
                       for level, neighbour in zip(levels, neighbours)]
         return self.pcd_align(neighbours, references).unflatten(0, (-1, frames))
 
@@ -252,12 +253,6 @@ def build(arch: str = "iedvr-m", **overrides) -> IEDVR:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
-    """Channels-last where a 4D tensor is (the layout the network computes in), else planar."""
-    channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def channels_last_format(tensor: torch.Tensor) -> torch.memory_format:
