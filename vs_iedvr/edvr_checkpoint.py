@@ -110,3 +110,47 @@ def edvr_arch_name(config: NetworkConfig) -> str:
                                                               preset.num_reconstruct_block):
             return name
     return "edvr"
+
+
+def basicsr_state(checkpoint, key_layout: str) -> dict[str, torch.Tensor]:
+    """The state dict, in BasicSR's key names, of an official checkpoint: BasicSR's ("params_ema"
+    or "params") or mmagic's ("state_dict", its generator's keys converted)."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointLayoutError("it is no dict of weights")
+    if key_layout == "mmagic":
+        return basicsr_state_from_mmagic(checkpoint.get("state_dict", checkpoint))
+    state = checkpoint.get("params_ema", checkpoint.get("params", checkpoint))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointLayoutError("it holds no state dict under 'params_ema' or 'params'")
+    return state
+
+
+# mmagic's EDVRNet (mmagic/models/editors/edvr/edvr_net.py) computes what BasicSR's EDVR computes;
+# its names differ: the generator's prefix, mmcv's ConvModule wraps a convolution as `.conv`, and
+# these modules are named otherwise.
+MMAGIC_RENAMES = (
+    (r"^pcd_alignment\.", "pcd_align."),
+    (r"^feat_l2_conv1\.", "conv_l2_1."), (r"^feat_l2_conv2\.", "conv_l2_2."),
+    (r"^feat_l3_conv1\.", "conv_l3_1."), (r"^feat_l3_conv2\.", "conv_l3_2."),
+    (r"^upsample1\.upsample_conv\.", "upconv1."), (r"^upsample2\.upsample_conv\.", "upconv2."),
+    (r"\.conv\.(weight|bias)$", r".\1"),
+)
+
+
+def basicsr_state_from_mmagic(state: dict) -> dict[str, torch.Tensor]:
+    """An mmagic EDVR state dict ("generator.pcd_alignment.offset_conv1.l3.conv.weight", ...) in
+    BasicSR's names ("pcd_align.offset_conv1.l3.weight"); the model's other entries (mmagic's
+    step counter, its data preprocessor's buffers) are left out."""
+    converted = {}
+    for key, tensor in state.items():
+        if not key.startswith("generator."):
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointLayoutError(f"its {key} is no tensor")
+        name = key[len("generator."):]
+        for pattern, replacement in MMAGIC_RENAMES:
+            name = re.sub(pattern, replacement, name)
+        converted[name] = tensor
+    if not converted:
+        raise CheckpointLayoutError("it has no generator.* weights (mmagic's EDVRNet)")
+    return converted
