@@ -87,7 +87,8 @@ def engine_extension():
     memory plan); without it, it runs on CUDA all the same."""
     kwargs = dict(
         name="vs_iedvr.libiedvr_engine",
-        sources=["csrc/engine/engine.cpp"],
+        sources=["csrc/engine/engine_api.cpp", "csrc/engine/model_loading.cpp",
+                 "csrc/engine/inference.cpp", "csrc/engine/memory_measurements.cpp"],
         extra_compile_args={"cxx": ["-O2"]},
         # --no-as-needed keeps libtorch.so (and through it the CUDA backend) loaded although the
         # engine names no symbol of it directly.

@@ -1,5 +1,5 @@
 """What 16-bit inference means on each device, and when it is the default: the same rule as the
-engine (csrc/engine/engine.cpp), for the Python side (benchmarks, evaluation).
+engine (csrc/engine/model_loading.cpp, cpu_features.h), for the Python side (benchmarks, evaluation).
 
 float16 on CUDA; bfloat16 on the CPU, where AVX512-BF16 and AMX units compute it (float16 would be
 emulated). It is the default where the device computes it natively: every CUDA GPU, and CPUs

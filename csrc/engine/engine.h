@@ -1,5 +1,5 @@
 // The C interface between the VapourSynth filter (vs_filter.cpp, loaded at every VapourSynth
-// start, no libtorch) and the inference engine (engine.cpp, libtorch, loaded on first use).
+// start, no libtorch) and the inference engine (engine_api.cpp and its parts, libtorch, loaded on first use).
 #pragma once
 
 #include <stddef.h>

@@ -1,6 +1,6 @@
 // How to run frames of a given size within a memory budget: whole or in tiles, and how many
 // frames' features the cache may keep. Pure arithmetic over costs measured on the device
-// (engine.cpp measures them), so that it reads as the rule it is.
+// (memory_measurements.cpp measures them), so that it reads as the rule it is.
 //
 // A window costs `fixed + per_pixel * tile pixels` on each engine (num_streams run at once), the
 // cache `cache_per_pixel * frame pixels` per kept frame, and the buffers that are never tiled
