@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("."))
     args = parser.parse_args()
 
-    import vs_iedvr  # noqa: F401  (registers the iedvr operators)
+    import vs_iedvr.ops  # noqa: F401  (registers the iedvr operators)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import vs_iedvr
+import vs_iedvr.ops
 
 
 def cuda_available() -> bool:

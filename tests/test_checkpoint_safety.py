@@ -3,6 +3,7 @@ A crafted pickle whose __reduce__ runs code (here: creates a marker file) is ref
 naming the file, wherever a command reads a checkpoint, and its code never runs. The commands run
 in this process (run_here, in conftest.py), where a payload that ran would leave its marker too."""
 
+import pickle
 import re
 
 import pytest
@@ -40,7 +41,8 @@ def test_load_checkpoint_refuses_the_payload_naming_the_file(crafted):
     path, marker = crafted
     with pytest.raises(model_file.ModelFileError,
                        match=rf"^{re.escape(str(path))} is not a vs-iedvr checkpoint that can be loaded safely: "
-                             r"Unsupported global: GLOBAL _io.open"):
+                             r"it holds more than tensors, containers and numbers "
+                             r"\(Unsupported global: GLOBAL _io.open was not an allowed global by default\)$"):
         model_file.load_checkpoint(path, path, "a vs-iedvr checkpoint")
     assert not marker.exists()
 
@@ -79,3 +81,50 @@ def test_export_does_not_load_crafted_weights(crafted, tmp_path, run_here):
     assert_one_line(result, f"{path} is not a checkpoint that can be loaded safely")
     assert not marker.exists()
     assert not (tmp_path / "out.pt").exists()
+
+
+# -- issue 35: a run keeps what it did not write, and says why a file is refused -------------------
+
+@pytest.mark.parametrize("name", ["best.pt", "model.pt"])
+def test_a_new_run_never_overwrites_weights_it_did_not_write(tmp_path, run_here, name):
+    # best.pt without last.pt: the run started from scratch, exited 0 and overwrote best.pt.
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    weights = out_dir / name
+    weights.write_bytes(b"a user's best weights")
+    result = train(run_here, tmp_path, out_dir)
+    assert_one_line(result, "--out-dir", str(weights), "did not write")
+    assert weights.read_bytes() == b"a user's best weights"
+    assert sorted(p.name for p in out_dir.iterdir()) == [name]
+
+
+def test_a_resumed_run_writes_over_its_own_weights(tmp_path, run_here):
+    # The refusal is for a new run: with last.pt, best.pt and model.pt are the run's own.
+    out_dir = tmp_path / "run"
+    assert train(run_here, tmp_path, out_dir).returncode == 0
+    assert {"last.pt", "model.pt"} <= {p.name for p in out_dir.iterdir()}
+    result = train(run_here, tmp_path, out_dir, "--iterations", "2")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_plain_pickle_is_refused_with_the_reason(tmp_path, run_here):
+    # pickle.dump's file ended "...that can be loaded safely:" with nothing after the colon,
+    # after torch's warning that advised weights_only=False.
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"model": {"weight": [1.0, 2.0]}, "step": 1}, protocol=4))
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "last.pt").write_bytes(path.read_bytes())
+    for result in (train(run_here, tmp_path, out_dir),
+                   train(run_here, tmp_path, tmp_path / "other", "--init", path)):
+        assert_one_line(result, "can be loaded safely: it holds more than tensors, "
+                                "containers and numbers (Unsupported operand")
+        assert "weights_only" not in result.stderr
+
+
+def test_init_from_another_architecture_is_refused(tmp_path, run_here):
+    # The shipped weights (64 features) into the tiny network of 16: a few tensors loaded, the
+    # rest listed, and the run trained from scratch with exit 0.
+    result = train(run_here, tmp_path, tmp_path / "run", "--init", "default.pt")
+    assert_one_line(result, "--init", "another architecture's")
+    assert not (tmp_path / "run" / "model.pt").exists()

@@ -10,18 +10,21 @@ when the compiled operator computes wrong values, which no input can cause.
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
 import zipfile
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
 
 from small_network import export_small_network
 from test_training import TINY_NETWORK, write_clip, write_lossless_video
+from vs_iedvr import model_file
 from vs_iedvr.__main__ import run_command
 
 # A Python warning is its line and, indented under it, the source line that raised it.
@@ -188,3 +191,66 @@ def test_an_unexpected_error_is_one_line_with_its_type_and_the_debug_hint(capsys
     args.debug = True
     with pytest.raises(ZeroDivisionError):
         run_command(args)
+
+
+# -- issue 35: argument errors without torch, messages that say what is wrong ---------------------
+
+@pytest.fixture(scope="module")
+def without_torch(tmp_path_factory):
+    """An environment whose first `torch` on the path refuses to be imported."""
+    stub = tmp_path_factory.mktemp("stub") / "torch"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("raise ImportError('torch imported to parse arguments')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(stub.parent),
+                                                                    os.environ.get("PYTHONPATH")])))
+    # The stub works: whatever computes fails under it.
+    result = subprocess.run([sys.executable, "-c", "import vs_iedvr.ops"], capture_output=True,
+                            text=True, env=env)
+    assert "torch imported to parse arguments" in result.stderr
+    return env
+
+
+@pytest.mark.parametrize("command, args, names", [
+    ("vs-iedvr", ["--bogus"], ["unrecognized arguments: --bogus"]),  # was: a missing command
+    ("vs-iedvr", ["info", "--size", "-4x5"], ["--size", "must be positive", "'-4x5'"]),
+    ("vs-iedvr-train", ["train", "--batch-size", "x"], ["--batch-size", "'x'"]),
+    ("vs-iedvr-train", ["--bogus"], ["unrecognized arguments: --bogus"]),
+], ids=["unknown-option", "negative-size", "batch-size-x", "train-unknown-option"])
+def test_argument_errors_are_answered_without_importing_torch(without_torch, tmp_path, command,
+                                                              args, names):
+    # The entry point as a user runs it gives its one line without torch, which took 25-40 s to
+    # import on a loaded machine.
+    result = subprocess.run([Path(sys.executable).parent / command, *args], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path, env=without_torch)
+    assert_one_line(result, *names)
+
+
+def test_info_says_what_a_path_is_and_takes_shipped_names(files, tmp_path, run_here):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert_one_line(run_here("vs_iedvr", "info", folder), f"model file {folder} is a folder")
+    # default.pt names the shipped model, as for --from-model and --init (no such file here).
+    result = run_here("vs_iedvr", "info", "default.pt")
+    assert result.returncode == 0, result.stderr
+    assert "architecture: iedvr-m, x4, 5 input frames" in result.stdout
+    assert f"model file: {model_file.SHIPPED_DIR / 'default.pt'}" in result.stdout
+
+
+def test_info_on_metadata_nested_too_deep(files, tmp_path, run_here):
+    # 100,000 nested lists: json.loads raised a RecursionError, reported as an unexpected error.
+    metadata = model_file.read_metadata(files / "small.pt")
+    nested = tmp_path / "nested.pt"
+    text = json.dumps(metadata)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.load(str(files / "small.pt")), str(nested),
+                       _extra_files={model_file.METADATA_ENTRY: text})
+    assert_one_line(run_here("vs_iedvr", "info", nested), "nested.pt", "nested deeper")
+
+
+def test_export_to_a_folder_leaves_nothing_behind(files, tmp_path, run_here):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = run_here("vs_iedvr", "export", "--from-model", files / "small.pt", "--output", folder)
+    assert_one_line(result, f"{folder} is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no out.partial
+    assert not any(folder.iterdir())

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vs_iedvr
+import vs_iedvr.ops
 from dcn_reference import modulated_deform_conv2d_reference
 from devices import requires_cuda
 
@@ -119,12 +119,77 @@ def test_matches_reference_float32(case):
     assert_matches_reference(case, torch.float32, "cpu", rtol=2e-4, atol=2e-4)
 
 
+LOOPS = ["baseline", "avx2", "avx512"]
+# What each build of the loops needs, as /proc/cpuinfo names it: an oracle of its own beside the
+# kernel's __builtin_cpu_supports.
+LOOPS_NEED = {"baseline": set(), "avx2": {"avx2", "fma"},
+              "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"}}
+
+
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def x86_loops_built() -> bool:
+    """The AVX2 and AVX-512 builds exist in x86-64 libraries compiled by GCC (dcn_cpu.cpp)."""
+    import platform
+    return platform.machine() in ("x86_64", "AMD64")
+
+
+def loops_this_cpu_runs(loops: str) -> bool:
+    return LOOPS_NEED[loops] <= cpu_flags() and (loops == "baseline" or x86_loops_built())
+
+
+def use_loops(loops: str, monkeypatch):
+    """Caps the kernels at `loops` (IEDVR_CPU_ISA) and checks that they take exactly those."""
+    if not loops_this_cpu_runs(loops):
+        pytest.skip(f"this CPU cannot run the {loops} loops")
+    monkeypatch.setenv("IEDVR_CPU_ISA", loops)
+    assert torch.ops.iedvr.cpu_sampling_loops() == loops
+
+
+@pytest.mark.parametrize("loops", LOOPS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_portable_cpu_loops_match_reference(case, monkeypatch):
-    # The CPU loops are compiled twice (x86-64 baseline and AVX2); the tests above run the one
-    # this CPU gets, this one forces the portable build.
-    monkeypatch.setenv("IEDVR_CPU_ISA", "baseline")
+def test_every_build_of_the_cpu_loops_matches_reference(case, loops, monkeypatch):
+    # The CPU loops are compiled three times (x86-64 baseline, AVX2+FMA, AVX-512); the tests
+    # above run the one this CPU gets, this one each that it can run.
+    use_loops(loops, monkeypatch)
     assert_matches_reference(case, torch.float64, "cpu", rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("loops", LOOPS)
+def test_every_build_of_the_cpu_loops_matches_reference_in_16_bits(loops, monkeypatch):
+    # bfloat16 tensors (the loops' 16-bit loads, conversions and stores) against the reference in
+    # float64 on the same rounded values: within bfloat16's rounding of the result.
+    use_loops(loops, monkeypatch)
+    case = Case("bf16", in_channels=32, out_channels=16, height=12, width=14, deformable_groups=8)
+    low = [t.to(torch.bfloat16) if t is not None else None for t in case.tensors(torch.float32)]
+    exact = [t.double() if t is not None else None for t in low]
+    out, grads = forward_and_grads(op, low, case.conv_args())
+    ref_out, ref_grads = forward_and_grads(modulated_deform_conv2d_reference, exact,
+                                           case.conv_args())
+    for result, reference in zip([out, *grads], [ref_out, *ref_grads]):
+        error = (result.double() - reference).norm() / reference.norm()
+        assert error < 2e-2
+
+
+def test_the_kernels_take_the_best_loops_this_cpu_has(monkeypatch):
+    monkeypatch.delenv("IEDVR_CPU_ISA", raising=False)
+    best = [loops for loops in LOOPS if loops_this_cpu_runs(loops)][-1]
+    assert torch.ops.iedvr.cpu_sampling_loops() == best
+    # A cap above what the CPU has gives what it has.
+    monkeypatch.setenv("IEDVR_CPU_ISA", "avx512")
+    assert torch.ops.iedvr.cpu_sampling_loops() == best
+
+
+def test_an_unknown_isa_cap_is_an_error_that_names_it(monkeypatch):
+    monkeypatch.setenv("IEDVR_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="IEDVR_CPU_ISA must be baseline, avx2 or avx512.*sse9"):
+        torch.ops.iedvr.cpu_sampling_loops()
 
 
 def channels_last_slice(t):
@@ -206,12 +271,11 @@ def test_integer_offset_shifts_the_image():
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.parametrize("isa", ["best", "baseline"])
-def test_samples_a_rounding_error_inside_the_far_edges(isa, monkeypatch):
+@pytest.mark.parametrize("loops", LOOPS)
+def test_samples_a_rounding_error_inside_the_far_edges(loops, monkeypatch):
     # x = W - 3.5e-7 is inside the image; in float32, x + 1 rounds up to W + 1, so floor(x)
     # computed as trunc(x + 1) - 1 would be W: a corner past the image (this read out of bounds).
-    if isa == "baseline":
-        monkeypatch.setenv("IEDVR_CPU_ISA", "baseline")
+    use_loops(loops, monkeypatch)
     height, width = 5, 16
     x = torch.randn(1, 8, height, width, generator=torch.Generator().manual_seed(0))
     offset = torch.zeros(1, 2 * 9, height, width)

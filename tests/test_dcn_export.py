@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-import vs_iedvr
+import vs_iedvr.ops
 
 
 class DeformableBlock(nn.Module):

@@ -6,6 +6,7 @@
     vs-iedvr-train profile --data ... [train's options] [--steps 6]   # where a step's time goes
     vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0] [--fp16] [--plugin]
                                            [--conditions clean crf18 crf23 crf28]
+                                           [--metrics psnr ssim vmaf]
     vs-iedvr-train fetch-data data/default     # the default weights' data, from the registries
 
 Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
@@ -21,13 +22,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from vs_iedvr.__main__ import ArgumentParser, add_debug_option, run_command
-from vs_iedvr.bench import positive_int
+# None of these imports torch, so that a bad option is answered at once; each command imports
+# what it runs.
+from vs_iedvr.arguments import (ArgumentParser, add_debug_option, parse_command_line, positive_int,
+                                run_command)
 
-from .default_data import fetch
-from .evaluate import evaluate_command
-from .profile import profile_command
-from .train import TrainConfig, train
+from .config import TrainConfig
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -44,7 +44,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, its help the field's sentence and its default."""
     for config_field in dataclasses.fields(TrainConfig):
         option = "--" + config_field.name.replace("_", "-")
-        default = getattr(TrainConfig(), config_field.name)
+        # The field's own default: making a TrainConfig() would check it, which imports torch.
+        default = (config_field.default if config_field.default is not dataclasses.MISSING
+                   else config_field.default_factory())
         sentence = config_field.metadata["help"]
         if config_field.name == "data":
             parser.add_argument(option, nargs="+", required=True, help=sentence)
@@ -66,20 +68,36 @@ def config_of(args) -> TrainConfig:
 
 
 def train_command(args) -> int:
+    from .train import train
+
     model_path = train(config_of(args))
     print(f"model file: {model_path or 'not written (--no-export)'}")
     return 0
 
 
 def fetch_data_command(args) -> int:
+    from .default_data import fetch
+
     fetch(Path(args.out))
     return 0
+
+
+def profile_command_of(args) -> int:
+    from .profile import profile_command
+
+    return profile_command(args, config_of(args))
+
+
+def evaluate_command_of(args) -> int:
+    from .evaluate import evaluate_command
+
+    return evaluate_command(args)
 
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="vs-iedvr-train", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
     train_parser = commands.add_parser(
         "train", help="train a network",
         description="Train a network. Every option is a field of TrainConfig (training/train.py); "
@@ -99,8 +117,9 @@ def main(argv=None) -> int:
                                 help="timed steps (default 6)")
     profile_parser.add_argument("--warmup-steps", type=int, default=2,
                                 help="untimed steps first (default 2)")
-    profile_parser.set_defaults(run=lambda args: profile_command(args, config_of(args)))
-    evaluate_parser = commands.add_parser("evaluate", help="PSNR/SSIM of a model file on clips")
+    profile_parser.set_defaults(run=profile_command_of)
+    evaluate_parser = commands.add_parser("evaluate",
+                                          help="PSNR/SSIM (and VMAF) of a model file on clips")
     evaluate_parser.add_argument("model")
     evaluate_parser.add_argument("clips", nargs="+",
                                  help="ground-truth clips: folders of frames or video files")
@@ -112,18 +131,23 @@ def main(argv=None) -> int:
                                  help="clean, and/or crfN: the low-resolution clips encoded whole "
                                       "with x264 at CRF N (YUV 4:2:0) before upscaling, as "
                                       "compressed sources are (default: clean)")
+    evaluate_parser.add_argument("--metrics", nargs="+", choices=("psnr", "ssim", "vmaf"),
+                                 default=["psnr", "ssim"],
+                                 help="psnr (Y and RGB), ssim (Y and RGB), vmaf (ffmpeg's libvmaf, "
+                                      "default model, on the same frames; needs an ffmpeg with "
+                                      "libvmaf: imageio-ffmpeg's has it) (default: psnr ssim)")
     evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
     evaluate_parser.add_argument("--fp16", action="store_true",
                                  help="run the model in bfloat16, as the plugin's 16-bit CPU inference")
     evaluate_parser.add_argument("--plugin", action="store_true",
                                  help="run the model through core.iedvr.Upscale on the CPU (what a "
                                       "script gets) instead of the eager network")
-    evaluate_parser.set_defaults(run=evaluate_command)
+    evaluate_parser.set_defaults(run=evaluate_command_of)
     fetch_parser = commands.add_parser("fetch-data", help="download the default weights' data")
     fetch_parser.add_argument("out", help="folder to fill (train/, held_out/, PROVENANCE.md)")
     fetch_parser.set_defaults(run=fetch_data_command)
     add_debug_option(parser, commands)
-    return run_command(parser.parse_args(argv))
+    return run_command(parse_command_line(parser, commands, argv))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ PATH may be a vs-iedvr model file (the shipped ones also by name: default.pt, de
 vs-iedvr training checkpoint, a BasicSR checkpoint (weights under "params_ema" or "params") or a
 bare state dict.
 Tensors whose names and shapes match the network are loaded; the others keep their fresh
-initialisation and are listed (say the upsampler of an x4 model when training x2). The optimiser
-always starts fresh.
+initialisation and are listed (say the upsampler of an x4 model when training x2). Weights that
+would leave most of the network fresh (fewer than MIN_LOADED_SHARE of its parameters) are refused:
+they are another architecture's, and a run from them would be a run from scratch under another
+name. The optimiser always starts fresh.
 """
 
 import io
@@ -19,6 +21,9 @@ from vs_iedvr import model_file
 
 # The model file wraps the network in PaddedNetwork, whose parameters are named "network.*".
 MODEL_FILE_PREFIX = "network."
+# The share of the network's parameters (by count) that must load. The scale's upsampler, the
+# part that differs between an x4 and an x2 network, is a few percent of it.
+MIN_LOADED_SHARE = 0.5
 
 
 @dataclass
@@ -74,7 +79,8 @@ def _is_model_file(path: Path) -> bool:
 
 
 def warm_start(network: torch.nn.Module, initial: InitialWeights) -> WarmStart:
-    """Copies the matching tensors of `initial` into `network`; raises ValueError if none match."""
+    """Copies the matching tensors of `initial` into `network`; raises ValueError if they hold
+    fewer than MIN_LOADED_SHARE of the network's parameters."""
     own = network.state_dict()
     report = WarmStart()
     matching = {}
@@ -87,10 +93,13 @@ def warm_start(network: torch.nn.Module, initial: InitialWeights) -> WarmStart:
             matching[name] = tensor.to(own[name].dtype)
             report.loaded.append(name)
     report.missing = [n for n in own if n not in initial.state]
-    if not matching:
-        raise ValueError(f"--init: no tensor of the {initial.kind} matches the network by name and "
-                         f"shape ({len(initial.state)} tensors in the file, {len(own)} in the network): "
-                         "is it another architecture?")
+    total = sum(tensor.numel() for tensor in own.values())
+    loaded = sum(tensor.numel() for tensor in matching.values())
+    if loaded < MIN_LOADED_SHARE * total:
+        raise ValueError(f"--init: the {initial.kind}'s weights fit {loaded / total:.0%} of the "
+                         f"network's parameters ({len(matching)} of its {len(own)} tensors by name "
+                         f"and shape; {len(initial.state)} tensors in the file): it is another "
+                         "architecture's; give --arch, --scale and --network as it was trained")
     network.load_state_dict(matching, strict=False)
     return report
 

@@ -1,9 +1,10 @@
 """vs-iedvr: temporal video super-resolution for VapourSynth (an improved EDVR).
 
-Importing the package loads the compiled operators (torch.ops.iedvr.*).
+Importing the package imports neither torch nor vapoursynth (a command line's argument error is
+answered at once; vs_iedvr.upscale needs no torch). vs_iedvr.modulated_deform_conv2d, or importing
+vs_iedvr.ops (which every module that computes imports), loads the compiled operators
+(torch.ops.iedvr.*).
 """
-
-from .ops import modulated_deform_conv2d
 
 
 def upscale(clip, model=None, scale=None, device_index=None, fp16=None, num_streams=None,
@@ -19,6 +20,14 @@ def upscale(clip, model=None, scale=None, device_index=None, fp16=None, num_stre
                               num_streams=num_streams, tilesize=tilesize, overlap=overlap,
                               border=border, scene_change=scene_change, matrix=matrix,
                               scene_detect=scene_detect, sc_threshold=sc_threshold)
+
+
+def __getattr__(name):
+    if name == "modulated_deform_conv2d":  # loads torch and the operators on first use
+        from .ops import modulated_deform_conv2d
+
+        return modulated_deform_conv2d
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["modulated_deform_conv2d", "upscale"]

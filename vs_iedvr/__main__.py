@@ -6,6 +6,7 @@
     vs-iedvr export --format onnx --target tensorrt|openvino [--from-model default.pt]
                     [--size 320x180] --output MODEL.onnx     for vs-mlrt (core.trt / core.ov)
     vs-iedvr selftest                      check the compiled operator on every device
+    vs-iedvr fetch NAME... [--from FILE]   install an official EDVR model (fetch --list: the names)
     vs-iedvr bench [--size 320x180]        the plugin's speed next to a Python callback's
 
 An error is one line on stderr and a non-zero exit status: 2 for a bad argument or file, 1 for
@@ -14,79 +15,18 @@ anything else. --debug (before or after the command) or IEDVR_DEBUG=1 shows its 
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from . import __version__, bench, edvr_checkpoint, model_file, network, onnx_export, ops
-
+from . import __version__
+# run_command and the rest are vs-iedvr-train's too. Nothing imported here imports torch: each
+# command imports what it uses, so that an argument error is answered at once.
+from .arguments import (ArgumentParser, add_debug_option, describe, parse_command_line,  # noqa: F401
+                        parse_size, positive_int, run_command)
 
 # --arch for an EDVR checkpoint of any layout, read from the file.
 EDVR_FROM_FILE = "edvr"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 320x180, got {text!r}") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
-    return width, height
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with its errors on one line: the usage it prints above them is in
-    --help."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def add_debug_option(parser: argparse.ArgumentParser, subcommands) -> None:
-    """--debug before the command and after it. The command's parser leaves the value alone when
-    the option is not given after it (SUPPRESS), so that one given before it stands."""
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error (also IEDVR_DEBUG=1)")
-    for subcommand in subcommands.choices.values():
-        subcommand.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                help="show the traceback of an error (also IEDVR_DEBUG=1)")
-
-
-def describe(error: BaseException) -> str:
-    """An exception as one line: an OSError as its file and reason, anything else as the first
-    line of its message."""
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        return f"{error.filename}: {error.strerror}"
-    return model_file.first_line(error)
-
-
-# Errors that a bad argument or input file causes, whose message says what to fix: the code
-# raises ValueError (ModelFileError among them) for a value it refuses.
-EXPECTED_ERRORS = (ValueError, OSError, onnx_export.MissingOnnxError)
-
-
-def run_command(args) -> int:
-    """args.run(args), an error as one line on stderr: the message of an expected one, exit 2; the
-    type and message of any other, exit 1. With --debug or IEDVR_DEBUG=1, Python's traceback."""
-    if args.debug or os.environ.get("IEDVR_DEBUG") == "1":
-        return args.run(args)
-    try:
-        return args.run(args)
-    except EXPECTED_ERRORS as error:
-        print(f"error: {describe(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        print(f"error: {type(error).__name__}: {describe(error)} (run with --debug for the "
-              "traceback)", file=sys.stderr)
-        return 1
 
 
 def info(args) -> int:
@@ -97,6 +37,10 @@ def info(args) -> int:
 
 
 def print_installation() -> None:
+    import torch
+
+    from . import ops
+
     print(f"vs-iedvr {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}")
     print(f"operator library: {ops.LIBRARY_PATH}")
@@ -111,12 +55,18 @@ def print_installation() -> None:
     print(f"VapourSynth plugin: {plugin if plugin.exists() else 'not installed'}")
     default_model = Path(__file__).parent / "models" / "default.pt"
     print(f"default model: {default_model if default_model.exists() else 'none installed yet (pass model=...)'}")
+    from .fetch import describe_installed
+    for line in describe_installed():
+        print(f"official model {line}")
 
 
 def model_info(args) -> int:
-    _, metadata = model_file.load_model(args.model)  # loaded for its checks
+    from . import model_file
+
+    path = model_file.shipped_or_path(args.model)  # default.pt: the shipped one, as elsewhere
+    _, metadata = model_file.load_model(path)  # loaded for its checks
     width, height = args.size
-    print(f"model file: {args.model}")
+    print(f"model file: {path}")
     print(f"architecture: {metadata['architecture']}, x{metadata['scale']}, "
           f"{metadata['num_frames']} input frames")
     print(f"parameters: {metadata['parameters']:,}")
@@ -133,6 +83,8 @@ def model_info(args) -> int:
 
 
 def export(args) -> int:
+    from . import model_file, onnx_export
+
     if args.format == "onnx" and args.target is None:
         args.parser.error("--format onnx needs --target: " + "; ".join(
             f"{name} ({what})" for name, what in onnx_export.TARGETS.items()))
@@ -166,6 +118,8 @@ def network_for_export(arch: str | None, scale: int | None, weights_path: str | 
     provenance. An EDVR checkpoint (BasicSR's or ours) says its own layout (frame count, TSA,
     pre-deblurring, restoration at scale 1, sizes): --arch may only name it (edvr, or the edvr-m /
     edvr-l of its sizes). Other checkpoints load into --arch (default iedvr-m) at --scale."""
+    from . import edvr_checkpoint, model_file, network
+
     if weights_path is None:
         if arch == EDVR_FROM_FILE:
             raise ValueError(f"--arch {EDVR_FROM_FILE} reads the layout from --weights: give the "
@@ -195,9 +149,14 @@ def network_for_export(arch: str | None, scale: int | None, weights_path: str | 
         raise ValueError(f"{weights_path} matches no EDVR layout: {error}") from None
 
 
-def _check_device(device: str, dtype: torch.dtype) -> float:
+def _check_device(device: str, dtype) -> float:
     """Largest difference between the operator with zero offsets and a unit mask and
     torch's conv2d (the two must agree), at EDVR's shapes."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import ops
+
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 64, 24, 40, generator=generator).to(device, dtype)
     weight = (torch.randn(64, 64, 3, 3, generator=generator) * 0.05).to(device, dtype)
@@ -210,6 +169,10 @@ def _check_device(device: str, dtype: torch.dtype) -> float:
 
 
 def selftest(args) -> int:
+    import torch
+
+    from . import ops
+
     print_installation()
     checks = [("cpu", torch.float32, 1e-4), ("cpu", torch.bfloat16, 0.1)]
     if torch.cuda.is_available() and ops.has_cuda_kernels():
@@ -228,14 +191,34 @@ def selftest(args) -> int:
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="vs-iedvr", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
     info_parser = commands.add_parser("info", help="what is installed, or what a model file is")
-    info_parser.add_argument("model", nargs="?", help="a model file to describe")
+    info_parser.add_argument("model", nargs="?", help="a model file to describe (a path, or a "
+                             "shipped one by name: default.pt)")
     info_parser.add_argument("--size", type=parse_size, default=(320, 180),
                              help="input frame size for the FLOP count, WIDTHxHEIGHT (default 320x180)")
     info_parser.set_defaults(run=info)
     export_parser = commands.add_parser("export", help="write a model file for the plugin, or "
                                         "an ONNX file for vs-mlrt")
+    export_parser.defer(add_export_options)
+    export_parser.set_defaults(run=export, parser=export_parser)
+    commands.add_parser("selftest", help="check the compiled operator on every device").set_defaults(run=selftest)
+    from . import fetch  # no torch: its command imports it when it exports
+    fetch_parser = commands.add_parser("fetch", help="download an official EDVR model by name and "
+                                       "install it for Upscale(model=NAME) (--list: the names)")
+    fetch.add_arguments(fetch_parser)
+    fetch_parser.set_defaults(run=fetch.command, parser=fetch_parser)
+    bench_parser = commands.add_parser("bench", help="frames per second of the plugin and of a "
+                                       "Python-callback pipeline, FLOP rates, peak memory")
+    bench_parser.defer(add_bench_options)
+    add_debug_option(parser, commands)
+    return run_command(parse_command_line(parser, commands, argv))
+
+
+def add_export_options(export_parser: argparse.ArgumentParser) -> None:
+    """export's options, whose choices come from modules that import torch."""
+    from . import model_file, network, onnx_export
+
     export_parser.add_argument("--format", choices=("model", "onnx"), default="model",
                                help="model: a model file for core.iedvr.Upscale (default); onnx: "
                                "for vs-mlrt's core.trt.Model / core.ov.Model")
@@ -256,14 +239,13 @@ def main(argv=None) -> int:
     export_parser.add_argument("--weights-dtype", choices=sorted(model_file.WEIGHT_DTYPES),
                                default="float32", help="how the weights are stored (float16: "
                                "half the size; inference precision is chosen when loading)")
-    export_parser.set_defaults(run=export, parser=export_parser)
-    commands.add_parser("selftest", help="check the compiled operator on every device").set_defaults(run=selftest)
-    bench_parser = commands.add_parser("bench", help="frames per second of the plugin and of a "
-                                       "Python-callback pipeline, FLOP rates, peak memory")
+
+
+def add_bench_options(bench_parser: argparse.ArgumentParser) -> None:
+    from . import bench
+
     bench.add_arguments(bench_parser, parse_size)
     bench_parser.set_defaults(run=bench.bench)
-    add_debug_option(parser, commands)
-    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Takes every argument of core.iedvr.Upscale, with the same names; the ones left a
 passed, so the filter's own defaults apply. Converts to float RGB (the filter's input), calls
 core.iedvr.Upscale and converts back to the input's format at the new size. The YUV matrix comes
 from the clip's _Matrix property, then from the `matrix` argument, then from the frame size
-(BT.709 from 1280x720 up, BT.601 below); the result goes back through the same matrix.
+(BT.709 from 1280x720 up, BT.601 below); the result goes back through the same matrix. A YUV
+clip's range comes back as it went in: full range (_Range=FULL, as phones and screen captures
+often give) stays full, with its _Range, as every resize-based wrapper keeps it.
 
 scene_detect=True marks scene cuts the way misc.SCDetect does (that plugin is no longer part of
 VapourSynth's core): a frame starts a new scene when the mean absolute difference of its luma from
@@ -100,14 +102,21 @@ def _threshold(value) -> float:
     return float(value)
 
 
-def _matrix_arguments(clip: vs.VideoNode, matrix: str | None) -> tuple[dict, dict]:
-    """resize's matrix arguments into RGB and back to YUV: the clip's own _Matrix when its frames
-    carry one (read from the first frame), else `matrix`, else a guess from the size."""
-    own = clip.get_frame(0).props.get("_Matrix", UNSPECIFIED_MATRIX)
+def _yuv_arguments(clip: vs.VideoNode, matrix: str | None) -> tuple[dict, dict]:
+    """resize's arguments into RGB and back to YUV, read from the first frame: the clip's own
+    _Matrix when its frames carry one, else `matrix`, else a guess from the size; and its _Range,
+    which resize reads on the way in but would not restore on the way back (it writes limited
+    range unless told)."""
+    props = clip.get_frame(0).props
+    own = props.get("_Matrix", UNSPECIFIED_MATRIX)
     if own != UNSPECIFIED_MATRIX:
-        return {}, {"matrix": own}
-    name = matrix if matrix is not None else ("709" if clip.width >= 1280 or clip.height >= 720 else "170m")
-    return {"matrix_in_s": name}, {"matrix_s": name}
+        to_rgb, from_rgb = {}, {"matrix": own}
+    else:
+        name = matrix if matrix is not None else ("709" if clip.width >= 1280 or clip.height >= 720 else "170m")
+        to_rgb, from_rgb = {"matrix_in_s": name}, {"matrix_s": name}
+    if "_Range" in props:  # without it resize takes limited range both ways
+        from_rgb["range"] = int(props["_Range"])
+    return to_rgb, from_rgb
 
 
 def _small_luma(clip: vs.VideoNode) -> vs.VideoNode:
@@ -164,7 +173,7 @@ def upscale(clip: vs.VideoNode, model: str | os.PathLike | None = None, scale: i
     convert = clip.format.id not in (vs.RGBS, vs.RGBH)
     if convert:
         float_rgb = vs.RGBH if clip.format.sample_type == vs.FLOAT and clip.format.bits_per_sample == 16 else vs.RGBS
-        to_rgb, from_rgb = _matrix_arguments(clip, matrix) if clip.format.color_family == vs.YUV else ({}, {})
+        to_rgb, from_rgb = _yuv_arguments(clip, matrix) if clip.format.color_family == vs.YUV else ({}, {})
         rgb = core.resize.Bicubic(clip, format=float_rgb, **to_rgb)
     else:
         rgb = clip

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 import zipfile
 import zlib
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, model_zoo
+from .arguments import first_line  # noqa: F401  (also model_file.first_line to its users)
 from .network import SIZE_MULTIPLE, IEDVR, NetworkConfig, count_parameters
 
 FORMAT = "vs-iedvr-model"
@@ -41,12 +43,19 @@ SHIPPED_DIR = Path(__file__).parent / "models"
 
 
 def shipped_or_path(text: str) -> Path:
-    """A path, or the bare name of a shipped model file (default.pt, default-x2.pt) that no file
-    of that name in the working directory shadows: what `--from-model` and `--init` accept."""
+    """A path, or the bare name of a shipped model file (default.pt, default-x2.pt) or of a
+    fetched official model (edvr-m, `vs-iedvr fetch`) that no file of that name in the working
+    directory shadows: what `--from-model` and `--init` accept."""
     path = Path(text)
     shipped = SHIPPED_DIR / path.name
     if not path.exists() and path.name == text and shipped.is_file():
         return shipped
+    if not path.exists() and path.name == text and model_zoo.find(text) is not None:
+        fetched = model_zoo.installed_path(text)
+        if not fetched.is_file():
+            raise ModelFileError(f"{text} is an official model that is not fetched yet: run "
+                                 f"`{model_zoo.fetch_command(text)}` (it installs {fetched})")
+        return fetched
     return path
 
 
@@ -172,20 +181,35 @@ def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
     metadata = metadata_for(network, arch, weights or {"source": "untrained (random initialisation)"})
     metadata["weights_dtype"] = weights_dtype
     metadata["weights_crc32"] = weights_checksum(traced)
+    with without_torchscript_deprecation(), written_atomically(path) as temporary:
+        torch.jit.save(traced, str(temporary), _extra_files={METADATA_ENTRY: json.dumps(metadata)})
+    return metadata
+
+
+@contextlib.contextmanager
+def written_atomically(path):
+    """Yields a temporary path beside `path` to write to; afterwards moves it to `path`, so that a
+    half-written file never stands under the real name. An output that is a folder is refused
+    before anything is written, and the temporary file is removed whatever fails."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give the path of the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")
-    with without_torchscript_deprecation():
-        torch.jit.save(traced, str(temporary), _extra_files={METADATA_ENTRY: json.dumps(metadata)})
-    os.replace(temporary, path)  # never leave a half-written model under the real name
-    return metadata
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_metadata(path) -> dict:
     """The metadata of a model file, checked; raises ModelFileError for anything that is not one."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
+        what = "is a folder, not a model file" if path.is_dir() else (
+            "is not a regular file" if path.exists() else "does not exist")
+        raise ModelFileError(f"model file {path} {what}")
     try:
         with zipfile.ZipFile(path) as archive:
             # Every entry against its CRC-32 first: torch.jit.load checks none, and a damaged
@@ -209,6 +233,9 @@ def read_metadata(path) -> dict:
         metadata = json.loads(raw)
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{path}: its metadata is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: its metadata is nested deeper than any vs-iedvr writes; "
+                             "the file is damaged or was not written by vs-iedvr") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         format_name = metadata.get("format") if isinstance(metadata, dict) else None
         raise ModelFileError(f"{path} is not a vs-iedvr model file (format {format_name!r})")
@@ -229,6 +256,15 @@ def check_fields(path, metadata: dict) -> None:
     if type(frames) is not int or not 1 <= frames <= 15 or frames % 2 == 0:
         raise ModelFileError(f"{path}: its metadata field \"num_frames\" is {frames!r}; expected "
                              "an odd number from 1 to 15 (the centre frame and as many on each side)")
+    checksum = metadata.get("weights_crc32")
+    if type(checksum) is not str or not re.fullmatch("[0-9a-f]{8}", checksum):
+        # Every model file carries it (vs-iedvr export has written it since format version 1
+        # was released): a file without it, or with another type, cannot be checked and is not
+        # loaded unchecked.
+        found = "missing" if checksum is None else json.dumps(checksum)
+        raise ModelFileError(f"{path}: its metadata field \"weights_crc32\" is {found}; expected "
+                             "the weights' CRC-32 as 8 hexadecimal digits, as `vs-iedvr export` "
+                             "writes it: export the model again")
     config = metadata.get("config")
     if isinstance(config, dict) and (config.get("num_frame"), config.get("scale")) != (frames, scale):
         raise ModelFileError(f"{path}: its metadata contradicts itself: num_frames {frames} and "
@@ -247,8 +283,8 @@ def load_model(path, device="cpu") -> tuple[torch.jit.ScriptModule, dict]:
     except Exception as error:  # RuntimeError mostly; UnicodeDecodeError, MemoryError too
         raise ModelFileError(f"{path} could not be loaded ({first_line(error)}); the file may be "
                              "truncated: export it again") from None
-    recorded = metadata.get("weights_crc32")  # absent in files exported before it existed
-    if recorded is not None and recorded != weights_checksum(model):
+    recorded = metadata["weights_crc32"]  # present and well-formed: read_metadata checks it
+    if recorded != weights_checksum(model):
         raise ModelFileError(f"{path} is damaged: its weights' checksum is {weights_checksum(model)}, "
                              f"its metadata says {recorded}; download or export the model again")
     model = model.float().eval()
@@ -285,6 +321,13 @@ def check_network_matches_metadata(model, metadata: dict, path, device="cpu") ->
                     f"{PROBE_SIDE}x{PROBE_SIDE} input to {width}x{height}")
         raise ModelFileError(f"{path}: its metadata says scale {scale}, but its network "
                              f"upscales {computed}")
+    if frames > 1 and not any(reads_frame(model, window, index, output)
+                              for index in range(frames) if index != frames // 2):
+        # Not a network made for fewer frames (that one reads its first frames, not the
+        # centre): weights that ignore the neighbours, as all-zero ones do.
+        raise ModelFileError(f"{path}: its network's output depends on no frame but the centre "
+                             f"one of its {frames} input frames: its weights are all zero, or "
+                             "untrained to use the neighbours; export trained weights")
     for index in (frames - 1, 0):
         if not reads_frame(model, window, index, output):
             raise ModelFileError(f"{path}: its metadata says {frames} input frames, but its "
@@ -324,30 +367,33 @@ def frames_read(model, device, otherwise: str) -> str:
     return otherwise
 
 
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (torch's run on for many lines), or its
-    type where it has none."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()),
-                type(error).__name__)
-
-
 def load_checkpoint(source, path, what: str, map_location="cpu"):
     """torch.load with weights_only=True: tensors, containers and numbers only, so that a crafted
     pickle cannot run code on load. Raises ModelFileError naming `path` and `what` it should be."""
     try:
-        with warnings.catch_warnings():  # said in the error below
+        with warnings.catch_warnings():  # said in the error below, or nothing the user can act on
             warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            # A pickle not written by torch.save (pickle.dump's protocol 4 or 5) makes torch warn
+            # that it "might not support" it, and advise weights_only=False: it is refused below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(source, map_location=map_location, weights_only=True)
+    except RecursionError:
+        raise ModelFileError(f"{path} is not {what} that can be loaded safely: it is nested "
+                             "deeper than any checkpoint") from None
     except Exception as error:  # torch raises several types for files that are not checkpoints
         text = str(error)
         if "TorchScript archive" in text:
             reason = "it is a TorchScript archive (a model file?), not a checkpoint"
+        elif "WeightsUnpickler error:" in text:
+            # The unpickler's refusal (a global, an opcode) among torch's explanations of
+            # weights_only, on the same line or the next non-empty one.
+            after = text.split("WeightsUnpickler error:", 1)[1]
+            refusal = next((line.strip() for line in after.splitlines() if line.strip()), "")
+            reason = (f"it holds more than tensors, containers and numbers "
+                      f"({refusal.split('. Please use')[0].rstrip('.')})" if refusal else
+                      "it holds more than tensors, containers and numbers")
         else:
-            # The refusal of a global is one line among torch's explanations of weights_only.
-            refused = [line.split("WeightsUnpickler error:", 1)[1] for line in text.splitlines()
-                       if "WeightsUnpickler error:" in line]
-            reason = (refused[0].split(". Please use")[0].strip() if refused else
-                      f"not a PyTorch checkpoint? (torch.load: {type(error).__name__}: "
+            reason = (f"not a PyTorch checkpoint? (torch.load: {type(error).__name__}: "
                       f"{first_line(error)})")
         raise ModelFileError(f"{path} is not {what} that can be loaded safely: {reason}") from None
 

@@ -24,7 +24,6 @@ The deformable convolution becomes, per target:
 import copy
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .model_file import WEIGHT_DTYPES, crop_output, script
+from .model_file import WEIGHT_DTYPES, crop_output, script, written_atomically
 from .network import IEDVR, count_parameters
 
 OPSET = 19
@@ -213,11 +212,8 @@ def export_onnx(network: IEDVR, path, target: str, arch: str, size: tuple[int, i
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
     model.producer_name = "vs-iedvr"
     model.producer_version = __version__
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    onnx.save(model, str(temporary))
-    os.replace(temporary, path)  # never leave a half-written file under the real name
+    with written_atomically(path) as temporary:
+        onnx.save(model, str(temporary))
     return metadata
 
 

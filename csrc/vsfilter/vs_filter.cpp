@@ -1,6 +1,6 @@
 // The VapourSynth side of vs-iedvr: the `iedvr` namespace and its Upscale filter. This library is
 // loaded at every VapourSynth start, so it does not link libtorch: the inference engine
-// (engine.cpp) is loaded with dlopen when Upscale is first called.
+// (libiedvr_engine.so, csrc/engine/) is loaded with dlopen when Upscale is first called.
 //
 // For output frame n, Upscale requests the frames n - N .. n + N of its clip (N from the model),
 // fills neighbours beyond the clip's ends or beyond a scene change by reflection (or
@@ -11,9 +11,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,6 +47,32 @@ std::filesystem::path this_library_folder() {
 // site-packages/vs_iedvr/ the engine, the operator library and the default model.
 std::filesystem::path package_folder() {
   return this_library_folder() / ".." / ".." / ".." / "vs_iedvr";
+}
+
+// Where `vs-iedvr fetch` installs the official models, as vs_iedvr/model_zoo.py's models_folder:
+// $IEDVR_MODEL_DIR, else $XDG_DATA_HOME/vs-iedvr/models, else ~/.local/share/vs-iedvr/models.
+std::filesystem::path fetched_models_folder() {
+  const char* chosen = std::getenv("IEDVR_MODEL_DIR");
+  if (chosen != nullptr && *chosen != '\0') return chosen;
+  const char* data_home = std::getenv("XDG_DATA_HOME");
+  if (data_home != nullptr && *data_home != '\0') {
+    return std::filesystem::path(data_home) / "vs-iedvr" / "models";
+  }
+  const char* home = std::getenv("HOME");
+  return std::filesystem::path(home != nullptr ? home : "") / ".local" / "share" / "vs-iedvr" /
+         "models";
+}
+
+// The short names of vs_iedvr/model_zoo.py's MODELS (tests/test_fetch.py checks that every one
+// is known here): a bare name among them is a fetched model file, or an error naming the command
+// that fetches it. The filter never downloads.
+bool is_official_model(const std::string& name) {
+  static const char* const names[] = {
+      "edvr-m", "edvr-m-notsa", "edvr-l", "edvr-l-vimeo", "edvr-l-blur", "edvr-l-deblur",
+      "edvr-l-deblurcomp", "edvr-m-mmagic", "edvr-m-notsa-mmagic", "edvr-l-mmagic",
+      "edvr-l-notsa-mmagic"};
+  return std::any_of(std::begin(names), std::end(names),
+                     [&](const char* official) { return name == official; });
 }
 
 // Loaded once per process and never unloaded (libtorch does not support unloading).
@@ -362,16 +390,36 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
                   "with `vs-iedvr export`)");
     }
   } else {
-    model_path = model;
+    // A NUL inside the data would end the path there: 'default\0/etc/passwd' loaded "default".
+    const int model_size = vsapi->mapGetDataSize(in, "model", 0, nullptr);
+    if (std::memchr(model, '\0', static_cast<size_t>(model_size)) != nullptr) {
+      return fail("model must not contain a NUL character (it would cut the path short there)");
+    }
+    model_path.assign(model, static_cast<size_t>(model_size));
     // A bare name that is no file here names a shipped model: "default-x2" or "default-x2.pt".
     const std::filesystem::path shipped = package_folder() / "models";
     std::error_code ignored;
     if (model_path.find('/') == std::string::npos && !std::filesystem::exists(model_path, ignored)) {
+      bool found = false;
       for (const std::string& name : {model_path, model_path + ".pt"}) {
         if (std::filesystem::is_regular_file(shipped / name, ignored)) {
           model_path = (shipped / name).string();
+          found = true;
           break;
         }
+      }
+      // An official EDVR model: "edvr-m" or "edvr-m.pt", installed by `vs-iedvr fetch edvr-m`.
+      const std::string bare = model_path.size() > 3 && model_path.compare(model_path.size() - 3, 3, ".pt") == 0
+                                   ? model_path.substr(0, model_path.size() - 3)
+                                   : model_path;
+      if (!found && is_official_model(bare)) {
+        const std::filesystem::path fetched = fetched_models_folder() / (bare + ".pt");
+        if (!std::filesystem::is_regular_file(fetched, ignored)) {
+          return fail("model \"" + bare + "\" is an official EDVR model that is not fetched yet: "
+                      "run `vs-iedvr fetch " + bare + "` first (it installs " + fetched.string() +
+                      "; the filter never downloads)");
+        }
+        model_path = fetched.string();
       }
     }
     std::error_code status_error;
@@ -391,11 +439,20 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
                   "; expected a model file from `vs-iedvr export`");
     }
   }
-  const int device = static_cast<int>(vsapi->mapGetIntSaturated(in, "device_index", 0, &error));
-  const int device_index = error ? -2 : device;
-  if (!error && device < -1) return fail("device_index must be -1 (CPU) or a CUDA device index >= 0");
+  // Read as 64-bit and checked before narrowing, so that the message shows the value given.
+  const int64_t device = vsapi->mapGetInt(in, "device_index", 0, &error);
+  if (!error && (device < -1 || device > std::numeric_limits<int>::max())) {
+    return fail("device_index must be -1 (CPU) or a CUDA device index >= 0, got " +
+                std::to_string(device));
+  }
+  const int device_index = error ? -2 : static_cast<int>(device);
+  // Flags are 0 or 1 (False or True): another number is a mistake, not a truth value.
+  const auto not_a_flag = [](const char* name, int64_t value) {
+    return std::string(name) + " must be 0 or 1 (False or True), got " + std::to_string(value);
+  };
   const int64_t fp16_arg = vsapi->mapGetInt(in, "fp16", 0, &error);
   const bool fp16_given = !error;
+  if (fp16_given && fp16_arg != 0 && fp16_arg != 1) return fail(not_a_flag("fp16", fp16_arg));
   const char* border = vsapi->mapGetData(in, "border", 0, &error);
   if (!error) {
     const std::string value = border;
@@ -408,6 +465,7 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
     }
   }
   const int64_t scene_change = vsapi->mapGetInt(in, "scene_change", 0, &error);
+  if (!error && scene_change != 0 && scene_change != 1) return fail(not_a_flag("scene_change", scene_change));
   d->scene_change = error ? true : scene_change != 0;
 
   // tilesize / overlap: one value for both axes or [width, height], as vs-mlrt.
