@@ -1,5 +1,6 @@
-"""PSNR/SSIM of a model file on clips of ground-truth frames, next to bicubic upscaling (the
-BasicSR protocol: BT.601 Y and RGB, optional border crop, averaged per clip then over clips).
+"""PSNR/SSIM (and on request VMAF) of a model file on clips of ground-truth frames, next to bicubic
+upscaling (the BasicSR protocol: BT.601 Y and RGB, optional border crop, averaged per clip then
+over clips; VMAF through ffmpeg's libvmaf on the same 8-bit frames, see vmaf.py).
 
 The low-resolution input is made from the ground truth with the training degradation, then, for a
 compressed condition ("crf28"), the whole low-resolution clip is encoded with x264 at that CRF in
@@ -22,6 +23,12 @@ from .codec import compress
 from .data import VIDEO_SUFFIXES, decode_video, degrade, frame_folders, read_image
 from .degradations import bicubic_upscale
 from .metrics import average_per_clip, psnr, ssim
+from .vmaf import check_libvmaf, ffmpeg_executable, vmaf
+
+METRICS = ("psnr", "ssim", "vmaf")
+DEFAULT_METRICS = ("psnr", "ssim")
+# What each metric reports: PSNR and SSIM on Y and on RGB, VMAF once (it scores luma).
+SCORES_OF = {"psnr": ("psnr_y", "psnr_rgb"), "ssim": ("ssim_y", "ssim_rgb"), "vmaf": ("vmaf",)}
 
 
 def quantise(frames: torch.Tensor) -> torch.Tensor:
@@ -70,16 +77,40 @@ def codec_crf(condition: str) -> int | None:
     return int(match[1])
 
 
+def check_metrics(metrics) -> None:
+    """Refuses an unknown or empty metric list, and VMAF without an ffmpeg that has libvmaf."""
+    unknown = [metric for metric in metrics if metric not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: expected one or more of {', '.join(METRICS)}, got "
+                         f"{' '.join(map(str, metrics)) or 'none'}")
+    if "vmaf" in metrics:
+        check_libvmaf(ffmpeg_executable())
+
+
+def crop(frames: torch.Tensor, border: int) -> torch.Tensor:
+    """The frames without `border` pixels on each side (--crop-border, as PSNR and SSIM crop)."""
+    height, width = frames.shape[-2:]
+    if border < 0 or 2 * border >= min(height, width):
+        raise ValueError(f"--crop-border: expected 0 or more pixels, fewer than half of "
+                         f"{width}x{height}, got {border}")
+    if border == 0:
+        return frames
+    return frames[..., border:frames.shape[-2] - border, border:frames.shape[-1] - border]
+
+
 def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_border: int = 0,
              max_frames: int = 0, cache: str = "runs/decoded", fp16: bool = False,
-             plugin: bool = False, condition: str = "clean") -> dict:
-    """Scores per clip and overall for the model and for bicubic: {method: {metric: (per_clip,
-    mean)}} with metrics psnr_y, ssim_y, psnr_rgb, ssim_rgb. Clips are folders of frames or video
-    files (decoded once into `cache`). fp16: run the model in 16-bit as the plugin's fp16=1 does
-    on the CPU (bfloat16 weights and frames). plugin: run it through the VapourSynth plugin
-    instead of the eager network. condition: "clean", or "crfN" for sources compressed with x264
-    at CRF N."""
+             plugin: bool = False, condition: str = "clean",
+             metrics: tuple[str, ...] = DEFAULT_METRICS) -> dict:
+    """Scores per clip and overall for the model and for bicubic: {method: {score: (per_clip,
+    mean)}} with scores psnr_y and psnr_rgb for the metric "psnr", ssim_y and ssim_rgb for "ssim",
+    vmaf for "vmaf" (ffmpeg's libvmaf on the whole clip, the frames in order). Clips are folders
+    of frames or video files (decoded once into `cache`). fp16: run the model in 16-bit as the
+    plugin's fp16=1 does on the CPU (bfloat16 weights and frames). plugin: run it through the
+    VapourSynth plugin instead of the eager network. condition: "clean", or "crfN" for sources
+    compressed with x264 at CRF N."""
     crf = codec_crf(condition)
+    check_metrics(metrics)
     metadata = model_file.read_metadata(model_path)
     scale, num_frames = metadata["scale"], metadata["num_frames"]
     if plugin:  # the plugin loads the file itself
@@ -99,8 +130,8 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
             clips += frame_folders(root, 1)
     if not clips:
         raise ValueError(f"no clips of frames or video files found in {clip_roots}")
-    scores = {method: {metric: {} for metric in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
-              for method in ("bicubic", "model")}
+    names = [name for metric in METRICS if metric in metrics for name in SCORES_OF[metric]]
+    scores = {method: {name: {} for name in names} for method in ("bicubic", "model")}
     for clip in clips:
         high = load_clip(clip.frames, scale if crf is None else 2 * scale, max_frames)
         low = degrade(high, scale, degradation)
@@ -111,39 +142,77 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
             upscaled = quantise(upscaled)
             for frame, truth in zip(upscaled, high):
                 for y_channel, suffix in ((True, "y"), (False, "rgb")):
-                    scores[method][f"psnr_{suffix}"].setdefault(clip.name, []).append(
-                        psnr(frame, truth, crop_border=crop_border, y_channel=y_channel))
-                    scores[method][f"ssim_{suffix}"].setdefault(clip.name, []).append(
-                        ssim(frame, truth, crop_border=crop_border, y_channel=y_channel))
+                    for metric, measure in (("psnr", psnr), ("ssim", ssim)):
+                        if metric in metrics:
+                            scores[method][f"{metric}_{suffix}"].setdefault(clip.name, []).append(
+                                measure(frame, truth, crop_border=crop_border, y_channel=y_channel))
+            if "vmaf" in metrics:
+                scores[method]["vmaf"][clip.name] = vmaf(crop(upscaled, crop_border),
+                                                         crop(high, crop_border))
     return {method: {metric: average_per_clip(values) for metric, values in metrics.items()}
             for method, metrics in scores.items()}
+
+
+# The columns of the tables: (score, label, format) for each metric.
+COLUMNS = {"psnr": ("psnr_y", "PSNR-Y", ".2f"), "ssim": ("ssim_y", "SSIM-Y", ".4f"),
+           "vmaf": ("vmaf", "VMAF", ".2f")}
+METHODS = ("bicubic", "model")
+
+
+def print_clip_table(results: dict, columns: list[tuple[str, str, str]]) -> None:
+    """A row per clip and the average over clips: each method's scores side by side."""
+    headers = [f"{method} {label}" if index == 0 else label
+               for method in METHODS for index, (_, label, _) in enumerate(columns)]
+    widths = [max(len(header) + 1, 7) for header in headers]
+    formats = [f"{width}{form}" for width, (_, _, form) in zip(widths, columns * len(METHODS))]
+    print(f"{'clip':30s} " + " ".join(f"{h:>{w}s}" for h, w in zip(headers, widths)))
+    for clip in results["model"][columns[0][0]][0]:
+        values = [results[method][score][0][clip] for method in METHODS for score, _, _ in columns]
+        print(f"{clip[-30:]:30s} " + " ".join(f"{v:{f}}" for v, f in zip(values, formats)))
+    means = [results[method][score][1] for method in METHODS for score, _, _ in columns]
+    print(f"{'average over clips':30s} " + " ".join(f"{v:{f}}" for v, f in zip(means, formats)))
+
+
+def print_summary(summary: list[tuple[str, dict]], columns: list[tuple[str, str, str]]) -> None:
+    """A row per condition: each method's means as "PSNR-Y / SSIM-Y / VMAF", and the PSNR-Y gain
+    when PSNR was measured."""
+    labels = " / ".join(label for _, label, _ in columns)
+    cells = [(condition, [" / ".join(f"{v:{form}}" for v, (_, _, form) in zip(means[m], columns))
+                          for m in METHODS]) for condition, means in summary]
+    widths = [max(len(f"{method} {labels}"), *(len(row[i]) for _, row in cells))
+              for i, method in enumerate(METHODS)]
+    gain = columns[0][0] == "psnr_y"
+    headers = " ".join(f"{m + ' ' + labels:>{w}s}" for m, w in zip(METHODS, widths))
+    print(f"{'sources':10s} {headers}" + (f" {'gain':>10s}" if gain else ""))
+    for (condition, row), (_, means) in zip(cells, summary):
+        line = f"{condition:10s} " + " ".join(f"{cell:>{w}s}" for cell, w in zip(row, widths))
+        if gain:
+            line += f" {means['model'][0] - means['bicubic'][0]:+7.2f} dB"
+        print(line)
 
 
 def evaluate_command(args) -> int:
     for condition in args.conditions:
         codec_crf(condition)  # every condition checked before the first one runs for minutes
+    check_metrics(args.metrics)
+    columns = [COLUMNS[metric] for metric in METRICS if metric in args.metrics]
     scale = model_file.read_metadata(args.model)["scale"]
     summary = []
     for condition in args.conditions:
         results = evaluate(args.model, args.clips, args.degradation, args.crop_border,
-                           args.max_frames, args.cache, args.fp16, args.plugin, condition)
-        clips = list(results["model"]["psnr_y"][0])
+                           args.max_frames, args.cache, args.fp16, args.plugin, condition,
+                           tuple(args.metrics))
         print(f"{args.model}, {args.degradation} x{scale}, "
               f"{'clean' if condition == 'clean' else 'x264 ' + condition.upper() + ' (4:2:0)'} "
               f"sources, crop border {args.crop_border}, {'bfloat16' if args.fp16 else 'float32'}, "
               f"{'core.iedvr.Upscale' if args.plugin else 'the eager network'}")
-        print(f"{'clip':30s} {'bicubic PSNR-Y':>15s} {'SSIM-Y':>7s} {'model PSNR-Y':>13s} {'SSIM-Y':>7s}")
-        for clip in clips:
-            row = [results[m][k][0][clip] for m in ("bicubic", "model") for k in ("psnr_y", "ssim_y")]
-            print(f"{clip[-30:]:30s} {row[0]:15.2f} {row[1]:7.4f} {row[2]:13.2f} {row[3]:7.4f}")
-        means = [results[m][k][1] for m in ("bicubic", "model") for k in ("psnr_y", "ssim_y")]
-        print(f"{'average over clips':30s} {means[0]:15.2f} {means[1]:7.4f} {means[2]:13.2f} {means[3]:7.4f}")
-        rgb = [results[m]["psnr_rgb"][1] for m in ("bicubic", "model")]
-        print(f"RGB PSNR: bicubic {rgb[0]:.2f}, model {rgb[1]:.2f}\n", flush=True)
-        summary.append((condition, *means))
+        print_clip_table(results, columns)
+        if "psnr" in args.metrics:
+            rgb = [results[method]["psnr_rgb"][1] for method in METHODS]
+            print(f"RGB PSNR: bicubic {rgb[0]:.2f}, model {rgb[1]:.2f}")
+        print(flush=True)
+        summary.append((condition, {method: [results[method][score][1] for score, _, _ in columns]
+                                    for method in METHODS}))
     if len(summary) > 1:
-        print(f"{'sources':10s} {'bicubic PSNR-Y / SSIM-Y':>24s} {'model PSNR-Y / SSIM-Y':>22s} {'gain':>8s}")
-        for condition, bicubic_psnr, bicubic_ssim, model_psnr, model_ssim in summary:
-            print(f"{condition:10s} {bicubic_psnr:14.2f} / {bicubic_ssim:.4f} {model_psnr:12.2f} / "
-                  f"{model_ssim:.4f} {model_psnr - bicubic_psnr:+7.2f} dB")
+        print_summary(summary, columns)
     return 0
