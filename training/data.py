@@ -24,7 +24,12 @@ import torch.nn.functional as F
 
 from .codec import CODEC_MARGIN, compress
 from .degradations import bicubic_downscale, gaussian_blur_downscale
+from .layered_motion import layered_clip, layered_scene
+from .text_scenes import structure_scene, text_scene
 
+# The kinds of layered scene (--layered-fraction), drawn evenly: photographs' shapes over a
+# photograph, lettering, regular structure.
+SCENES = (layered_scene, text_scene, structure_scene)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".y4m", ".m4v", ".mpg", ".mpeg", ".ts"}
 
@@ -279,24 +284,32 @@ def check_clip_sizes(clips: list[Clip], patch_size: int, scale: int) -> None:
 
 class WindowDataset(torch.utils.data.Dataset):
     """Sample index -> (low [T, 3, P, P], high [3, P*s, P*s]): a random window of num_frames
-    consecutive frames of a random clip (or a synthetic-motion clip of a random still), cropped
-    at random, augmented, degraded. Deterministic in (seed, index)."""
+    consecutive frames of a random clip (or a synthetic-motion clip of a random still, or, in
+    layered_fraction of the samples, a layered scene cut from the stills: layered_motion,
+    text_scenes), cropped at random, augmented, degraded. Deterministic in (seed, index)."""
 
     def __init__(self, clips: list[Clip], stills: list[Still], num_frames: int, scale: int,
                  patch_size: int, degradation: str, seed: int, augmentation: bool = True,
                  still_fraction: float = 0.0, codec_fraction: float = 0.0,
-                 crf_range: tuple[float, float] = (18.0, 35.0), image_cache_mb: int = 0):
+                 crf_range: tuple[float, float] = (18.0, 35.0), image_cache_mb: int = 0,
+                 layered_fraction: float = 0.0):
         if not clips and not stills:
             raise ValueError("no training data: give at least one clip source or stills:FOLDER")
         if not 0 <= still_fraction <= 1:
             raise ValueError(f"still_fraction must be in [0, 1], got {still_fraction}")
         if not 0 <= codec_fraction <= 1:
             raise ValueError(f"codec_fraction must be in [0, 1], got {codec_fraction}")
+        if not 0 <= layered_fraction <= 1:
+            raise ValueError(f"layered_fraction must be in [0, 1], got {layered_fraction}")
+        if layered_fraction and not stills:
+            raise ValueError("layered_fraction: the layered scenes are cut from photographs; "
+                             "give them with stills:FOLDER")
         if not 0 <= crf_range[0] <= crf_range[1] <= 51:
             raise ValueError(f"crf_range must be two CRFs from 0 to 51, low first, got {crf_range}")
         if image_cache_mb < 0:
             raise ValueError(f"image_cache_mb must be at least 0, got {image_cache_mb}")
         self.codec_fraction, self.crf_range = codec_fraction, crf_range
+        self.layered_fraction = layered_fraction
         self.read_image = DecodedImages(image_cache_mb * 2**20)
         self.clips, self.stills = clips, stills
         check_clip_sizes(clips, patch_size, scale)
@@ -344,9 +357,19 @@ class WindowDataset(torch.utils.data.Dataset):
         if self.codec_fraction and torch.rand((), generator=generator).item() < self.codec_fraction:
             low_crf, high_crf = self.crf_range
             crf = round(low_crf + (high_crf - low_crf) * torch.rand((), generator=generator).item())
+        # Drawn only when asked for too: runs without layered scenes keep their samples.
+        layered = (self.layered_fraction
+                   and torch.rand((), generator=generator).item() < self.layered_fraction)
         source = bisect.bisect_right(self.window_ends, position)
         position -= self.window_ends[source - 1] if source else 0
-        if source < len(self.clips):
+        if layered:
+            scene = SCENES[int(torch.randint(len(SCENES), (), generator=generator))]
+            pick_photo = lambda: self.read_image(
+                self.stills[int(torch.randint(len(self.stills), (), generator=generator))].path)
+            margin = 0 if crf is None else 2 * CODEC_MARGIN
+            high = layered_clip(pick_photo, self.num_frames, (self.patch + margin) * self.scale,
+                                self.scale, generator, scene)
+        elif source < len(self.clips):
             paths = self.clips[source].frames[position : position + self.num_frames]
             frames = torch.stack([self.read_image(p) for p in paths])
             margin = 0 if crf is None else codec_margin(frames.shape[-2:], self.patch, self.scale)

