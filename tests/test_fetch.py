@@ -256,7 +256,8 @@ def test_mmagic_checkpoints_give_mmagics_frames(run_here, monkeypatch, tmp_path,
         state["step_counter"] = torch.zeros(1)  # mmagic's EDVR model keeps one beside its generator
         data = saved({"meta": {"mmedit_version": "0.x"}, "state_dict": state})
         entry = official_like(name, data)
-        monkeypatch.setattr(model_zoo, "MODELS", (entry,))
+        monkeypatch.setattr(model_zoo, "MODELS", tuple(entry if e.name == name else e
+                                                       for e in model_zoo.MODELS))
         monkeypatch.setenv("IEDVR_MODEL_DIR", str(tmp_path / "models"))
         with FileServer() as files:
             files.files[path_of(entry)] = data
