@@ -2,7 +2,7 @@
 with each layer's motion, uncovered background, motion blur, seeded determinism, and the training
 data's layered samples."""
 
-import math
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,8 +12,9 @@ from PIL import Image
 from vs_iedvr.edvr_blocks import PCDAlignment
 from vs_iedvr.training import data
 from vs_iedvr.training.train import TrainConfig
-from vs_iedvr.training.layered_motion import (Layer, Motion, Scene, layered_clip, layered_scene,
-                                              max_speed, pcd_reach, render, still)
+from vs_iedvr.training.layered_motion import (Draw, Layer, Motion, Scene, layered_clip,
+                                              layered_scene, max_speed, pcd_reach, render,
+                                              shape_mask)
 from vs_iedvr.training.text_scenes import structure_scene, text_scene
 
 SCENES = [layered_scene, text_scene, structure_scene]
@@ -31,6 +32,13 @@ def smooth_photo(height=300, width=400, seed=0) -> torch.Tensor:
                    for _ in range(3))
         channels.append(0.5 + wave)
     return torch.from_numpy((np.stack(channels).clip(0, 1) * 255).round().astype(np.uint8))
+
+
+def rigid_and_sharp(scene: Scene) -> Scene:
+    """The scene without the non-rigid warp and the motion blur: its geometry alone."""
+    layers = tuple(dataclasses.replace(layer, motion=dataclasses.replace(layer.motion, warp=None))
+                   for layer in scene.layers)
+    return dataclasses.replace(scene, layers=layers, shutter=0.0)
 
 
 def photo_picker(generator, count=3):
@@ -131,8 +139,8 @@ def test_sampled_layers_move_as_their_motion_says(seed):
     background and first foreground: a pixel well inside that foreground at frame t is found at
     the place its layer's motion gives at frame t + 1."""
     generator = torch.Generator().manual_seed(seed)
-    scene = still(layered_scene(photo_picker(generator), 128, 4, max_speed(4, 5),
-                                data_draw(generator)))
+    scene = rigid_and_sharp(layered_scene(photo_picker(generator), 128, 4, max_speed(4, 5),
+                                          Draw(generator)))
     scene = Scene(scene.layers[:2], scene.size)
     foreground = scene.layers[1]
     frames = render(scene, 5)
@@ -167,11 +175,6 @@ def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Pixels whose whole (2 radius + 1)^2 neighbourhood is in the mask."""
     size = 2 * radius + 1
     return -torch.nn.functional.max_pool2d(-mask.float()[None, None], size, 1, radius)[0, 0] > 0.5
-
-
-def data_draw(generator):
-    from vs_iedvr.training.layered_motion import Draw
-    return Draw(generator)
 
 
 def edge_ramp(row: torch.Tensor) -> int:
@@ -217,7 +220,7 @@ def test_layers_stay_within_the_alignments_reach():
     farthest = []
     for _ in range(30):
         for scene_kind in SCENES:
-            scene = scene_kind(pick, 64, 4, max_speed(4, 5), data_draw(generator))
+            scene = scene_kind(pick, 64, 4, max_speed(4, 5), Draw(generator))
             for layer in scene.layers:
                 centre = torch.zeros(1, 2)
                 at = lambda t: layer.motion.to_output(centre, t) - torch.tensor(layer.motion.centre)
@@ -291,10 +294,8 @@ def test_layered_fraction_sets_the_share_of_layered_samples(tmp_path):
 def test_shapes_are_opaque_inside_with_a_soft_edge():
     """Every kind of mask (blob, ellipse, rounded rectangle) is opaque over most of its texture,
     clear at its corners or along its rim, with an antialiased edge between."""
-    from vs_iedvr.training.layered_motion import shape_mask
-
     for seed in range(24):
-        mask = shape_mask(41, 57, data_draw(torch.Generator().manual_seed(seed)))[0]
+        mask = shape_mask(41, 57, Draw(torch.Generator().manual_seed(seed)))[0]
         assert mask[20, 28] == 1
         assert (mask == 1).float().mean() > 0.45
         rim = torch.cat([mask[0], mask[-1], mask[:, 0], mask[:, -1]])

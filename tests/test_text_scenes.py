@@ -63,15 +63,19 @@ def test_small_lettering_still_shows_in_the_input():
     assert low.max() - low.min() > 0.3
 
 
-def test_text_textures_are_a_few_input_pixels_high_and_fit_the_view():
-    heights = []
+def test_text_textures_are_signs_or_bare_lettering_that_fit_the_view():
+    signs = bare = 0
     for seed in range(30):
         texture = text_texture(128, 4, Draw(torch.Generator().manual_seed(seed)))
         assert texture.shape[0] == 4 and texture.shape[-1] <= round(128 * 1.2)
         assert 0 <= texture.min() and texture.max() <= 1
-        ink = texture[3] if texture[3].min() < 1 else None
-        heights.append(texture.shape[-2])
-    assert min(heights) < 4 * 6  # some lettering a few input pixels high
+        if texture[3].min() == 1:  # a sign: opaque, its lettering in another colour
+            signs += 1
+            assert texture[:3].std(dim=(1, 2)).max() > 0.05
+        else:  # bare: the ink's coverage is the alpha, clear around the letters
+            bare += 1
+            assert texture[3].max() > 0.9 and (texture[3][:, 0] == 0).all()
+    assert signs > 5 and bare > 5
 
 
 @pytest.mark.parametrize("period", [3.0, 8.0, 17.0])

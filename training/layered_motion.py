@@ -19,7 +19,7 @@ teach it that the neighbours are useless.
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -338,8 +338,3 @@ def layered_clip(pick_photo: Callable[[], torch.Tensor], num_frames: int, size: 
     draw = Draw(generator)
     return render(scene(pick_photo, size, scale, max_speed(scale, num_frames), draw), num_frames)
 
-
-def still(scene: Scene) -> Scene:
-    """The scene with no motion blur and rigid layers: for checks of the geometry."""
-    layers = tuple(replace(layer, motion=replace(layer.motion, warp=None)) for layer in scene.layers)
-    return replace(scene, layers=layers, shutter=0.0)
