@@ -128,6 +128,19 @@ def test_fetch_follows_drives_confirmation_and_upscale_finds_the_model_by_name(
     assert len(server.requests) == 2  # nothing downloaded again
 
 
+def test_the_proxy_variables_are_honoured(server, run_here, monkeypatch, tmp_path):
+    """With http_proxy set, every request goes to the proxy (here the test server, which answers
+    a proxy's absolute URLs too), even for a host that does not resolve."""
+    monkeypatch.setenv("IEDVR_FETCH_MIRROR", "http://models.invalid")
+    monkeypatch.setenv("http_proxy", server.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    result = run_here("vs_iedvr", "fetch", "edvr-m")
+    assert result.returncode == 0, result.stderr
+    assert server.requests[0][0].startswith("http://models.invalid/uc?")
+    assert (tmp_path / "models" / "edvr-m.pt").is_file()
+
+
 FAILURES = {
     # what the server does -> what the one line says
     "wrong-hash": "not the published SHA-256 prefix",
