@@ -277,6 +277,13 @@ def test_mmagic_checkpoints_give_mmagics_frames(run_here, monkeypatch, tmp_path,
             monkeypatch.setenv("IEDVR_FETCH_MIRROR", files.url)
             result = run_here("vs_iedvr", "fetch", name)
         assert result.returncode == 0, result.stderr
+        # `vs-iedvr export` reads the same file the same way.
+        checkpoint, exported = tmp_path / entry.file_name, tmp_path / f"{name}-exported.pt"
+        checkpoint.write_bytes(data)
+        result = run_here("vs_iedvr", "export", "--weights", checkpoint, "--output", exported)
+        assert result.returncode == 0, result.stderr
+        assert (model_file.read_metadata(exported)["weights_crc32"] ==
+                model_file.read_metadata(tmp_path / "models" / f"{name}.pt")["weights_crc32"])
         out = core.iedvr.Upscale(clip_of(frames), model=name, fp16=0, device_index=-1)
         for n in (0, 3):
             np.testing.assert_allclose(planes(out.get_frame(n)), eager_frames(network, frames, n),

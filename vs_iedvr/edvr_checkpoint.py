@@ -137,6 +137,12 @@ MMAGIC_RENAMES = (
 )
 
 
+def is_mmagic_checkpoint(checkpoint) -> bool:
+    """A checkpoint of mmagic (or mmedit) whose generator is an EDVRNet."""
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    return isinstance(state, dict) and "generator.conv_first.weight" in state
+
+
 def basicsr_state_from_mmagic(state: dict) -> dict[str, torch.Tensor]:
     """An mmagic EDVR state dict ("generator.pcd_alignment.offset_conv1.l3.conv.weight", ...) in
     BasicSR's names ("pcd_align.offset_conv1.l3.weight"); the model's other entries (mmagic's

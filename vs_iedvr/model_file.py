@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, model_zoo
+from . import __version__, edvr_checkpoint, model_zoo
 from .arguments import first_line  # noqa: F401  (also model_file.first_line to its users)
 from .network import SIZE_MULTIPLE, IEDVR, NetworkConfig, count_parameters
 
@@ -416,6 +416,8 @@ def read_weights(path) -> tuple[dict, dict]:
     source_key = next((k for k in ("params_ema", "params", "model") if isinstance(state, dict) and k in state), None)
     if source_key is not None:
         state = state[source_key]
+    elif edvr_checkpoint.is_mmagic_checkpoint(state):  # download.openmmlab.com's EDVR files
+        state, source_key = edvr_checkpoint.basicsr_state_from_mmagic(state["state_dict"]), "state_dict"
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path} holds no state dict (expected a dict of tensors, or one "
                              "under 'params_ema', 'params' or 'model')")
