@@ -24,7 +24,8 @@ class FileServer:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.drive: dict[str, bytes] = {}
-        self.behaviour: dict[str, str] = {}  # path or drive id -> drop, drop-once, quota, stall
+        self.behaviour: dict[str, str] = {}  # path or drive id -> drop, drop-once, quota,
+        # stall (no answer), stall-mid (half the file, then nothing)
         self.requests: list[tuple[str, str | None]] = []
         self.release = threading.Event()  # ends the stalled answers
         server = self
@@ -84,6 +85,11 @@ class FileServer:
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
+                if behaviour == "stall-mid":  # half the file, then silence
+                    self.wfile.write(data[start:len(data) // 2])
+                    self.wfile.flush()
+                    server.release.wait(30)
+                    return
                 drop = behaviour == "drop" or (behaviour == "drop-once" and
                                                not server.dropped.get(key))
                 if drop:

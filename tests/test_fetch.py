@@ -18,7 +18,7 @@ import vs_iedvr
 from basicsr_oracle import basicsr_edvr
 from fetch_server import FileServer
 from test_plugin import clip_of, planes
-from vs_iedvr import model_file, model_zoo
+from vs_iedvr import fetch, model_file, model_zoo
 from vs_iedvr.window import fold
 
 core = vs.core
@@ -148,6 +148,7 @@ FAILURES = {
     "quota": "sent a web page (\"Google Drive - Quota exceeded\") instead of the file",
     "404": "answered 404",
     "stall": "no answer from 127.0.0.1",
+    "stall-mid": "stopped sending after",
 }
 
 
@@ -168,8 +169,20 @@ def test_a_failed_download_is_one_line_and_leaves_no_model(failure, server, run_
     assert len(lines) == 1 and lines[0].startswith("error: edvr-m: "), result.stderr
     assert FAILURES[failure] in lines[0]
     assert models_left(tmp_path) == []
-    if failure == "drop":
+    if failure in ("drop", "stall-mid"):
         assert "run the command again to resume" in lines[0]
+
+
+def test_the_older_drive_page_is_followed_by_its_confirm_link():
+    """Drive's page before 2024 carried the token in a link (and a cookie) instead of a form."""
+    page = ('<html><head><title>Google Drive - Virus scan warning</title></head><body>'
+            '<a id="uc-download-link" href="/uc?export=download&amp;confirm=Xy9_&amp;id=ABC">'
+            'Download anyway</a></body></html>')
+    assert (fetch.confirmation_url(page, "https://drive.google.com/uc?export=download&id=ABC") ==
+            "https://drive.google.com/uc?export=download&confirm=Xy9_&id=ABC")
+    quota = "<html><head><title>Google Drive - Quota exceeded</title></head></html>"
+    assert fetch.confirmation_url(quota, "https://drive.google.com/uc?id=ABC") is None
+    assert fetch.page_title(quota) == "Google Drive - Quota exceeded"
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(server, run_here, tmp_path,
