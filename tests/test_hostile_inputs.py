@@ -3,6 +3,8 @@ fresh subprocess, so that a crash fails the test instead of the test runner, and
 in a vapoursynth.Error (or a frame) with the process still working."""
 
 import json
+import os
+import re
 import shutil
 import struct
 import subprocess
@@ -218,20 +220,21 @@ def test_files_that_are_not_model_files_say_what_they_are(small_model, tmp_path)
 def test_the_models_own_error_text_reaches_the_frame_error(small_model, tmp_path):
     # A model that raises used to be reported as "The following operation failed in the
     # TorchScript interpreter.", its own message lost.
-    # It passes the load's check (a 16x16 window) and the memory plan's trial windows (48 and 96
-    # pixels wide), and raises on the clip's 32x24 frames.
+    # It passes the load's check (a 16x16 window) and the memory plan's trial windows (16 and 48
+    # pixels high), and raises on the clip's 32x24 frames.
     class Refusing(torch.nn.Module):
         def forward(self, frames: torch.Tensor) -> torch.Tensor:
-            if frames.size(4) == 32:
+            if frames.size(3) == 24:
                 raise ValueError("this model refuses frames of this size")
             return torch.nn.functional.interpolate(frames.mean(1), scale_factor=4.0)
 
     metadata = model_file.read_metadata(small_model)
     assert metadata["scale"] == 4
-    metadata.pop("weights_crc32")
     refusing = tmp_path / "refusing.pt"
     with model_file.without_torchscript_deprecation():
-        torch.jit.save(torch.jit.script(Refusing()), str(refusing),
+        scripted = torch.jit.script(Refusing())
+        metadata["weights_crc32"] = model_file.weights_checksum(scripted)  # of no weights
+        torch.jit.save(scripted, str(refusing),
                        _extra_files={model_file.METADATA_ENTRY: json.dumps(metadata)})
     result = run_script("""
         check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1, tilesize=0).get_frame(0))
@@ -358,3 +361,108 @@ def test_metadata_that_the_network_contradicts_is_refused(small_model, tmp_path)
     assert len(lines) == len(cases)
     for path, (_, message), line in zip(paths, cases, lines):
         assert line.startswith(f"ERROR Upscale: cannot load the model {path}: {message}"), line
+
+
+# -- issue 35: nothing lost, nothing silently changed ----------------------------------------------
+
+@pytest.mark.parametrize("checksum, expected", [
+    (12345, '"weights_crc32" is 12345; expected'),  # the filter loaded it unchecked
+    (None, '"weights_crc32" is missing; expected'),  # the filter and the loader: unchecked
+    ("1d346f5", '"weights_crc32" is "1d346f5"; expected'),
+], ids=["integer", "missing", "seven-digits"])
+def test_a_checksum_of_the_wrong_type_or_none_is_refused(small_model, tmp_path, checksum, expected):
+    metadata = model_file.read_metadata(small_model)
+    metadata.pop("weights_crc32")
+    if checksum is not None:
+        metadata["weights_crc32"] = checksum
+    target = tmp_path / "target.pt"
+    with model_file.without_torchscript_deprecation():
+        torch.jit.save(torch.jit.load(str(small_model)), str(target),
+                       _extra_files={model_file.METADATA_ENTRY: json.dumps(metadata)})
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1))
+    """, model=target)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout and str(target) in result.stdout, result.stdout
+    with pytest.raises(model_file.ModelFileError, match=re.escape(expected)):
+        model_file.load_model(target)
+
+
+def test_all_zero_weights_are_named_as_such(tmp_path):
+    # They were refused as a network "made for fewer frames", which it is not.
+    zero = tmp_path / "zero.pt"
+    export_with(zero, lambda net: [p.data.zero_() for p in net.parameters()])
+    result = run_script("""
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1))
+    """, model=zero)
+    assert result.returncode == 0, result.stderr
+    expected = "output depends on no frame but the centre one of its 5 input frames"
+    assert expected in result.stdout and "all zero" in result.stdout, result.stdout
+    with pytest.raises(model_file.ModelFileError, match=expected):
+        model_file.load_model(zero)
+
+
+def test_flags_device_index_and_model_take_only_what_they_mean(small_model):
+    # Flags took any integer (2, -1, 2**62 as True); device_index=2**31 was reported as
+    # 2147483647; a NUL in model= cut the path short and loaded the shipped default.
+    result = run_script("""
+        for name in ("fp16", "scene_change"):
+            for value in (2, -1, 2**62):
+                check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1, **{{name: value}}))
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=2**31))
+        check(lambda: core.iedvr.Upscale(clip, model="default\\x00/etc/passwd", device_index=-1))
+        check(lambda: core.iedvr.Upscale(clip, model={model}, device_index=-1, fp16=False, scene_change=True))
+    """, model=small_model)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:6] == [f"ERROR Upscale: {name} must be 0 or 1 (False or True), got {value}"
+                         for name in ("fp16", "scene_change") for value in (2, -1, 2**62)], lines
+    assert lines[6] == ("ERROR Upscale: device_index must be -1 (CPU) or a CUDA device index >= 0, "
+                        "got 2147483648")
+    assert lines[7] == "ERROR Upscale: model must not contain a NUL character (it would cut the path short there)"
+    assert lines[8] == "OK"
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "abc", "inf", "nan", "64MB"])
+def test_a_bad_memory_limit_is_refused_when_the_filter_is_created(small_model, value):
+    # It was read at the first frame (IEDVR_MAX_MEMORY_MB=-5 made the filter, then its frames
+    # failed); "inf" was a budget.
+    script = textwrap.dedent(f"""
+        import vapoursynth as vs
+        core = vs.core
+        clip = core.std.BlankClip(width=32, height=24, format=vs.RGBS, length=10)
+        try:
+            core.iedvr.Upscale(clip, model={str(small_model)!r}, device_index=-1)
+            print("created")
+        except vs.Error as error:
+            print("ERROR", error)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, IEDVR_MAX_MEMORY_MB=value))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("ERROR Upscale: IEDVR_MAX_MEMORY_MB must be a positive number "
+                                     f"of megabytes, got \"{value}\"")
+
+
+def test_measuring_for_the_memory_plan_stays_within_a_small_budget():
+    # With IEDVR_MAX_MEMORY_MB=64 the plan's trial windows alone (48x96, the default model in
+    # float32) took 141 MiB above the process's size once the filter was made. The frames here are
+    # 16x16, so that the peak is the measurement's.
+    script = textwrap.dedent("""
+        import vapoursynth as vs
+        core = vs.core
+        def resident(field):
+            return next(int(line.split()[1]) for line in open("/proc/self/status")
+                        if line.startswith(field)) / 1024
+        clip = core.std.BlankClip(width=16, height=16, format=vs.RGBS, length=10, color=[0.3, 0.5, 0.7])
+        up = core.iedvr.Upscale(clip, device_index=-1, fp16=False)
+        base = resident("VmRSS")
+        with open("/proc/self/clear_refs", "w") as file:  # the peak counts from here
+            file.write("5")
+        up.get_frame(0)
+        print(resident("VmHWM") - base)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, IEDVR_MAX_MEMORY_MB="64"))
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) <= 64, f"{float(result.stdout):.1f} MiB above the base"

@@ -26,6 +26,12 @@ extern "C" IedvrEngine* iedvr_engine_create(const char* model_path, int device, 
                                             IedvrEngine* share_cache_with, char* error,
                                             size_t error_size) {
   try {
+    memory_limit_setting();  // a bad IEDVR_MAX_MEMORY_MB: its own message, whatever the model
+  } catch (const std::exception& e) {
+    write_error(error, error_size, e.what());
+    return nullptr;
+  }
+  try {
     return create_engine(model_path, device, precision, share_cache_with).release();
   } catch (const DeviceUnavailable& e) {
     write_error(error, error_size, e.what());

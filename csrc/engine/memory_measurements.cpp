@@ -16,47 +16,61 @@
 
 namespace {
 
-// What a window costs on the engine's device: run at two small sizes (without the cache, five
-// frames' features held as a window without cached frames holds them) with every allocation
-// counted; the difference gives the bytes per input pixel, the rest the fixed part.
-memory_plan::Costs measure_costs(IedvrEngine* engine) {
+// The peak of a window of height x width frames on the engine's device (without the cache, the
+// frames' features held as a window without cached frames holds them), every allocation counted,
+// and what one frame's features take per pixel.
+std::pair<double, double> measure_window(IedvrEngine* engine, int64_t height, int64_t width) {
+  const int count = engine->info.num_frames;
+  double cache_bytes = 0;
+  device_memory::release_cached(engine->device);
+  const device_memory::PeakMeter meter(engine->device);
+  {
+    const auto window = torch::rand({count, 3, height, width},
+                                    torch::TensorOptions().device(engine->device).dtype(engine->dtype))
+                            .contiguous(torch::MemoryFormat::ChannelsLast);
+    if (engine->split) {
+      std::vector<Features> per_frame{frame_features(engine, window.narrow(0, 0, 1))};
+      for (int k = 1; k < count; ++k) {
+        Features copy;
+        for (const auto& tensor : per_frame[0]) copy.push_back(tensor.clone());
+        per_frame.push_back(std::move(copy));
+      }
+      for (const auto& tensor : per_frame[0]) cache_bytes += static_cast<double>(tensor.nbytes());
+      upscale_features(engine, per_frame, window.narrow(0, count / 2, 1));
+    } else {
+      engine->module.forward({window.unsqueeze(0)});
+    }
+  }
+  const double peak = meter.peak();
+  device_memory::release_cached(engine->device);
+  return {peak, cache_bytes / static_cast<double>(height * width)};
+}
+
+// Costs from two windows of the same height: the difference gives the bytes per input pixel, the
+// rest the fixed part.
+memory_plan::Costs costs_between(IedvrEngine* engine, int64_t height, int64_t width,
+                                 int64_t wider) {
+  const auto [narrow_peak, cache_per_pixel] = measure_window(engine, height, width);
+  const double wide_peak = measure_window(engine, height, wider).first;
+  const double pixels = static_cast<double>(height * width), more = static_cast<double>(height * wider);
+  memory_plan::Costs costs;
+  costs.per_pixel = std::max(0.0, (wide_peak - narrow_peak) / (more - pixels));
+  costs.fixed = std::max(0.0, narrow_peak - costs.per_pixel * pixels);
+  costs.cache_per_pixel = cache_per_pixel;
+  return costs;
+}
+
+// What a window costs on the engine's device. Windows of 48x48 and 48x96 give the steadier
+// figures, but the larger one alone took 141 MiB with the default model in float32, more than a
+// small IEDVR_MAX_MEMORY_MB allows: windows of 16x16 and 16x32 come first, and the larger pair
+// only where those figures say that it fits the budget. Measuring never takes more than the
+// plan may use.
+memory_plan::Costs measure_costs(IedvrEngine* engine, double budget) {
   const c10::InferenceMode inference;
   const BlockReuse::Scope reuse_blocks;
-  const int count = engine->info.num_frames;
-  const int64_t sizes[2][2] = {{48, 48}, {48, 96}};  // height, width
-  double peaks[2] = {0, 0}, cache_bytes = 0;
-  for (int i = 0; i < 2; ++i) {
-    const auto [height, width] = std::pair{sizes[i][0], sizes[i][1]};
-    device_memory::release_cached(engine->device);
-    const device_memory::PeakMeter meter(engine->device);
-    {
-      const auto window = torch::rand({count, 3, height, width},
-                                      torch::TensorOptions().device(engine->device).dtype(engine->dtype))
-                              .contiguous(torch::MemoryFormat::ChannelsLast);
-      if (engine->split) {
-        std::vector<Features> per_frame{frame_features(engine, window.narrow(0, 0, 1))};
-        for (int k = 1; k < count; ++k) {
-          Features copy;
-          for (const auto& tensor : per_frame[0]) copy.push_back(tensor.clone());
-          per_frame.push_back(std::move(copy));
-        }
-        cache_bytes = 0;
-        for (const auto& tensor : per_frame[0]) cache_bytes += static_cast<double>(tensor.nbytes());
-        cache_bytes /= static_cast<double>(height * width);
-        upscale_features(engine, per_frame, window.narrow(0, count / 2, 1));
-      } else {
-        engine->module.forward({window.unsqueeze(0)});
-      }
-    }
-    peaks[i] = meter.peak();
-  }
-  device_memory::release_cached(engine->device);
-  const double pixels[2] = {48.0 * 48.0, 48.0 * 96.0};
-  memory_plan::Costs costs;
-  costs.per_pixel = std::max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]));
-  costs.fixed = std::max(0.0, peaks[0] - costs.per_pixel * pixels[0]);
-  costs.cache_per_pixel = cache_bytes;
-  return costs;
+  const memory_plan::Costs small = costs_between(engine, 16, 16, 32);
+  if (small.fixed + small.per_pixel * 48 * 96 > budget) return small;
+  return costs_between(engine, 48, 48, 96);
 }
 
 // "512.0 MiB", "5.43 GiB".
@@ -72,29 +86,35 @@ std::string memory_text(double bytes) {
 
 // The budget: IEDVR_MAX_MEMORY_MB, else a share of what the device has free.
 double memory_budget(const torch::Device& device) {
-  if (const char* limit = std::getenv("IEDVR_MAX_MEMORY_MB")) {
-    char* end = nullptr;
-    const double megabytes = std::strtod(limit, &end);
-    if (end == limit || *end != '\0' || !(megabytes > 0)) {
-      throw std::runtime_error(std::string("IEDVR_MAX_MEMORY_MB must be a positive number of "
-                                           "megabytes, got \"") + limit + "\"");
-    }
-    return megabytes * (1 << 20);
-  }
-  return device_memory::available(device) * (device.is_cuda() ? 0.75 : 0.25);
+  const double limit = memory_limit_setting();
+  return limit > 0 ? limit : device_memory::available(device) * (device.is_cuda() ? 0.75 : 0.25);
 }
 
 }  // namespace
 
+double memory_limit_setting() {
+  const char* limit = std::getenv("IEDVR_MAX_MEMORY_MB");
+  if (limit == nullptr) return 0;
+  char* end = nullptr;
+  const double megabytes = std::strtod(limit, &end);
+  // strtod also reads "inf" and "nan": neither is a budget.
+  if (end == limit || *end != '\0' || !std::isfinite(megabytes) || !(megabytes > 0)) {
+    throw std::runtime_error(std::string("IEDVR_MAX_MEMORY_MB must be a positive number of "
+                                         "megabytes, got \"") + limit + "\"");
+  }
+  return megabytes * (1 << 20);
+}
+
 IedvrPlan plan_memory(IedvrEngine* engine, int width, int height, int streams,
                       double host_bytes_per_pixel, const IedvrTiling* given) {
   std::lock_guard<std::mutex> lock(engine->mutex);
+  const double budget = memory_budget(engine->device);
   memory_plan::Costs costs;
   {
     std::lock_guard<std::mutex> measuring(engine->costs->mutex);
     if (!engine->costs->costs) {
       try {
-        engine->costs->costs = measure_costs(engine);
+        engine->costs->costs = measure_costs(engine, budget);
       } catch (const std::exception& e) {
         throw std::runtime_error("the model failed on the memory plan's trial windows: " +
                                  readable(e));
@@ -111,7 +131,6 @@ IedvrPlan plan_memory(IedvrEngine* engine, int width, int height, int streams,
                           (engine->device.is_cuda() ? 0 : host_bytes_per_pixel);
   // Each tile's output in float32, its blending weight and their product.
   costs.tile_per_pixel = (3 + 1 + 3) * 4 * scale2;
-  const double budget = memory_budget(engine->device);
   const size_t full_cache = engine->split ? engine->cache->capacity() : 0;
   const size_t window = engine->split ? engine->info.num_frames : 0;
   const double whole = memory_plan::whole_frame_bytes(width, height, streams, full_cache, costs);

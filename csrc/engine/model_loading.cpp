@@ -158,10 +158,24 @@ void check_network_matches_metadata(const PreparedModel& model, const torch::Dev
   }
   // Output that is not finite cannot show what the network reads; each frame's check names it.
   if (!torch::isfinite(output).all().item<bool>()) return;
-  for (const int k : {0, count - 1}) {
+  const auto reads = [&](int k) {
     auto changed = window.clone();
     changed.select(1, k).fill_(0.5);
-    if (torch::equal(run(changed), output)) {
+    return !torch::equal(run(changed), output);
+  };
+  // A network made for fewer frames reads its first ones; one that reads the centre frame alone
+  // has weights that ignore the neighbours, as all-zero ones do (as model_file.py says it).
+  bool reads_a_neighbour = count == 1;
+  for (int k = 0; k < count && !reads_a_neighbour; ++k) {
+    reads_a_neighbour = k != count / 2 && reads(k);
+  }
+  if (!reads_a_neighbour) {
+    throw std::runtime_error("its network's output depends on no frame but the centre one of its " +
+                             std::to_string(count) + " input frames: its weights are all zero, "
+                             "or untrained to use the neighbours; export trained weights");
+  }
+  for (const int k : {0, count - 1}) {
+    if (!reads(k)) {
       throw std::runtime_error(claims + "its network does not read frame " + std::to_string(k + 1) +
                                " of the " + std::to_string(count) +
                                ": it was made for fewer frames");
@@ -232,16 +246,14 @@ PreparedModel prepare_model(IedvrEngine* engine, bool fusion) {
   const model_metadata::Metadata metadata = model_metadata::parse(json);
   prepared.info.scale = metadata.scale;
   prepared.info.num_frames = metadata.num_frames;
-  // Files exported before the checksum existed have none and are taken as they are.
+  // Always present and well-formed: model_metadata::parse refuses a file without it.
   const std::string& recorded = metadata.weights_crc32;
-  if (!recorded.empty()) {
-    char computed[16];
-    std::snprintf(computed, sizeof computed, "%08x", weights_checksum(prepared.module));
-    if (recorded != computed) {
-      throw std::runtime_error("it is damaged: its weights' checksum is " + std::string(computed) +
-                               ", its metadata says " + recorded +
-                               "; download or export the model again");
-    }
+  char computed[16];
+  std::snprintf(computed, sizeof computed, "%08x", weights_checksum(prepared.module));
+  if (recorded != computed) {
+    throw std::runtime_error("it is damaged: its weights' checksum is " + std::string(computed) +
+                             ", its metadata says " + recorded +
+                             "; download or export the model again");
   }
   prepared.module.eval();
   // A model file may store its weights in float16 (the default model does, to stay small);

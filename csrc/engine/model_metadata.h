@@ -20,7 +20,7 @@ struct Metadata {
   int64_t format_version = 0;
   int scale = 0;
   int num_frames = 0;
-  std::string weights_crc32;  // empty in files exported before the checksum existed
+  std::string weights_crc32;  // 8 lowercase hexadecimal digits: parse() refuses a file without
 };
 
 // A top-level value: a string's text, a number's or literal's spelling; nested objects and arrays
@@ -156,10 +156,24 @@ inline Metadata parse(const std::string& json) {
                              std::to_string(metadata.num_frames) +
                              "; expected an odd number (the centre frame and as many on each side)");
   }
+  // Required, as model_file.check_fields requires it: a file without it, or with another type,
+  // would load unchecked (an integer did, and a missing one with a flipped weight bit).
   const auto checksum = fields.find("weights_crc32");
-  if (checksum != fields.end() && checksum->second.kind == Value::Kind::string) {
-    metadata.weights_crc32 = checksum->second.text;
+  const bool missing = checksum == fields.end() || checksum->second.text == "null";
+  const bool well_formed = !missing && checksum->second.kind == Value::Kind::string &&
+                           checksum->second.text.size() == 8 &&
+                           checksum->second.text.find_first_not_of("0123456789abcdef") == std::string::npos;
+  if (!well_formed) {
+    const std::string found =
+        missing ? "missing"
+        : checksum->second.kind == Value::Kind::string ? "\"" + checksum->second.text.substr(0, 24) + "\""
+        : checksum->second.text.empty() ? "an array or object"
+                                         : checksum->second.text.substr(0, 24);
+    throw std::runtime_error("its metadata field \"weights_crc32\" is " + found +
+                             "; expected the weights' CRC-32 as 8 hexadecimal digits, as "
+                             "`vs-iedvr export` writes it: export the model again");
   }
+  metadata.weights_crc32 = checksum->second.text;
   return metadata;
 }
 
