@@ -10,9 +10,11 @@ shim on Python >= 3.12.
 """
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import types
 from pathlib import Path
 
@@ -27,17 +29,27 @@ def source_folder() -> Path:
     folder = CACHE / f"basicsr-{VERSION}"
     if not (folder / "basicsr" / "archs" / "edvr_arch.py").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        # pip saves the archive, then may fail to prepare its metadata (basicsr's build needs
-        # torch in isolation): the archive is what counts.
-        download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                                   f"basicsr=={VERSION}", "-d", str(CACHE)],
-                                  capture_output=True, text=True, timeout=300)
-        archive = CACHE / f"basicsr-{VERSION}.tar.gz"
-        if not archive.is_file():
-            pytest.skip(f"basicsr {VERSION}'s source distribution could not be downloaded from "
-                        f"PyPI: {(download.stderr.strip().splitlines() or ['?'])[-1]}")
-        with tarfile.open(archive) as tar:
-            tar.extractall(CACHE, filter="data")
+        # Each process downloads and extracts into a folder of its own, then renames it into
+        # place: tests/test_edvr_layouts.py and tests/test_fetch.py may start at once under xdist.
+        scratch = Path(tempfile.mkdtemp(dir=CACHE))
+        try:
+            # pip saves the archive, then may fail to prepare its metadata (basicsr's build needs
+            # torch in isolation): the archive is what counts.
+            download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                                       f"basicsr=={VERSION}", "-d", str(scratch)],
+                                      capture_output=True, text=True, timeout=300)
+            archive = scratch / f"basicsr-{VERSION}.tar.gz"
+            if not archive.is_file():
+                pytest.skip(f"basicsr {VERSION}'s source distribution could not be downloaded "
+                            f"from PyPI: {(download.stderr.strip().splitlines() or ['?'])[-1]}")
+            with tarfile.open(archive) as tar:
+                tar.extractall(scratch, filter="data")
+            try:
+                (scratch / f"basicsr-{VERSION}").rename(folder)
+            except OSError:  # another process was first
+                pass
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return folder / "basicsr"
 
 

@@ -15,8 +15,10 @@ own DCN onto torchvision's the same way).
 """
 
 import importlib.util
+import shutil
 import subprocess
 import sys
+import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -30,20 +32,29 @@ FILES = ("mmagic/models/editors/edvr/edvr_net.py", "mmagic/models/archs/sr_backb
 
 
 def source_folder() -> Path:
+    """The three files, downloaded once into the cache. Each process downloads into a folder of
+    its own and renames it into place (pytest-xdist's workers may both start at once)."""
     folder = CACHE / f"mmagic-{VERSION}"
     if not all((folder / name).is_file() for name in FILES):
         CACHE.mkdir(parents=True, exist_ok=True)
-        wheel = CACHE / f"mmagic-{VERSION}-py2.py3-none-any.whl"
-        if not wheel.is_file():
+        scratch = Path(tempfile.mkdtemp(dir=CACHE))
+        try:
             download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
                                        "--only-binary", ":all:", f"mmagic=={VERSION}", "-d",
-                                       str(CACHE)], capture_output=True, text=True, timeout=300)
+                                       str(scratch)], capture_output=True, text=True, timeout=300)
+            wheel = scratch / f"mmagic-{VERSION}-py2.py3-none-any.whl"
             if not wheel.is_file():
                 pytest.skip(f"mmagic {VERSION} could not be downloaded from PyPI: "
                             f"{(download.stderr.strip().splitlines() or ['?'])[-1]}")
-        with zipfile.ZipFile(wheel) as archive:
-            for name in FILES:
-                archive.extract(name, folder)
+            with zipfile.ZipFile(wheel) as archive:
+                for name in FILES:
+                    archive.extract(name, scratch / "files")
+            try:
+                (scratch / "files").rename(folder)
+            except OSError:  # another process was first
+                pass
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return folder
 
 
