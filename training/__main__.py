@@ -9,7 +9,7 @@
                                            [--metrics psnr ssim vmaf]
     vs-iedvr-train fetch-data data/default     # the default weights' data, from the registries
 
-Every field of TrainConfig (training/train.py) is an option of `train`. A run writes last.pt
+Every field of TrainConfig (training/config.py) is an option of `train`. A run writes last.pt
 (resumed automatically), best.pt, log.csv and, at the end, the plugin's model file model.pt.
 
 An error is one line on stderr and a non-zero exit status: 2 for a bad option or file, 1 for
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command")
     train_parser = commands.add_parser(
         "train", help="train a network",
-        description="Train a network. Every option is a field of TrainConfig (training/train.py); "
+        description="Train a network. Every option is a field of TrainConfig (training/config.py); "
                     "a run resumes from OUT_DIR/last.pt when there is one, writes log.csv as it "
                     "goes (and TensorBoard curves when tensorboard is installed), progress lines "
                     "to stderr, and at the end the plugin's model file OUT_DIR/model.pt.")
