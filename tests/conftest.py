@@ -47,3 +47,22 @@ def run_here(capfd, monkeypatch, tmp_path):
         return subprocess.CompletedProcess([module, *map(str, args)], status, out, err)
 
     return run_here
+
+
+def pytest_report_header(config):
+    """The instruction sets the CPU-dependent code runs with here, and the limits in force
+    (`./run test-lesser-cpu` sets them; docs/install.md)."""
+    import torch
+
+    import vs_iedvr.ops  # noqa: F401  (loads the operator library)
+    from vs_iedvr.precision import cpu_has_native_bfloat16
+
+    limits = {name: os.environ.get(name, "-") for name in
+              ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "IEDVR_CPU_BFLOAT16", "IEDVR_CPU_ISA")}
+    return [
+        "instruction-set limits: " + ", ".join(f"{k}={v}" for k, v in limits.items()),
+        f"in force: ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN bfloat16 "
+        f"{'yes' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no'}, native bfloat16 "
+        f"default {'yes' if cpu_has_native_bfloat16() else 'no'}, DCN loops "
+        f"{torch.ops.iedvr.cpu_sampling_loops()}",
+    ]

@@ -105,7 +105,7 @@ def run_pipeline(args) -> dict:
         from . import mlrt
 
         vs.core.num_threads = 1
-        out = mlrt.upscale(clip, args.model, backend="ov")
+        out = mlrt.upscale(clip, args.model, backend="ov", config=openvino_config(args.fp16))
     else:
         out = python_pipeline(clip, args.model, device, args.fp16)
     out.get_frame(0)  # warm-up: loading, first allocations, the first window's features
@@ -184,14 +184,13 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def openvino_precision() -> str:
-    """The precision OpenVINO picks by default on this CPU, as its Python package reports it (the
-    same library as vs-mlrt's, possibly another release); "OpenVINO's default" without it."""
-    try:
-        import openvino
-    except ImportError:
-        return "OpenVINO's default"
-    return openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+def openvino_config(fp16: bool):
+    """vs-mlrt's `config` for OpenVINO: the plugin's precision, bfloat16 or float32, so that both
+    compute alike. Left to itself OpenVINO picks bfloat16 from the CPU's flags, also where the
+    plugin runs float32 (--no-fp16, or IEDVR_CPU_BFLOAT16=0), and under ONEDNN_MAX_CPU_ISA=AVX2,
+    which its oneDNN reads too, that choice fails ("object is not initialized")."""
+    hint = "bf16" if fp16 else "f32"
+    return lambda: {"INFERENCE_PRECISION_HINT": hint}
 
 
 def default_model() -> Path | None:
@@ -254,7 +253,7 @@ def bench(args) -> int:
               f"{peak / 1e9:.1f} GFLOP/s")
         if "vs-mlrt-ov" in pipelines:
             print(f"vs-mlrt-ov: the same weights as ONNX, 1 VapourSynth thread, precision "
-                  f"{openvino_precision()} (the peak and its fraction are for {str(dtype)[6:]})")
+                  f"{'bf16' if fp16 else 'f32'} (the peak and its fraction are for {str(dtype)[6:]})")
         print(f"{'pipeline':44s} {'s/frame':>8s} {'frames/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak memory':>12s}")
         results = {}
         for name in pipelines:

@@ -7,6 +7,7 @@ with AVX512-BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)
 """
 
 import functools
+import os
 
 import torch
 
@@ -15,8 +16,20 @@ def sixteen_bit(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-@functools.cache
 def cpu_has_native_bfloat16() -> bool:
+    """As the engine decides (csrc/engine/cpu_features.h): IEDVR_CPU_BFLOAT16=0 or 1 overrides
+    the CPU's flags, so that a machine with the units can run as one without them does."""
+    forced = os.environ.get("IEDVR_CPU_BFLOAT16")
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ValueError("IEDVR_CPU_BFLOAT16 must be 0 or 1 (whether the CPU computes "
+                             f"bfloat16 natively), got {forced!r}")
+        return forced == "1"
+    return _cpu_flags_have_native_bfloat16()
+
+
+@functools.cache
+def _cpu_flags_have_native_bfloat16() -> bool:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:

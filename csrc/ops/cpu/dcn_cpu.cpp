@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -31,39 +32,72 @@ namespace cpu_baseline {
 #include "sampling_loops.h"
 }  // namespace cpu_baseline
 
+// The same loops compiled for AVX2+FMA (8 floats an instruction) and for AVX-512 (16), chosen
+// at run time from the CPU's features, so that one library runs on every x86-64 CPU.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define IEDVR_HAVE_AVX2_LOOPS 1
+#define IEDVR_HAVE_X86_LOOPS 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace cpu_avx2 {
 #include "sampling_loops.h"
 }  // namespace cpu_avx2
 #pragma GCC pop_options
+#pragma GCC push_options
+// GCC's generic tuning keeps vectors at 256 bits even where AVX-512 is allowed.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")
+namespace cpu_avx512 {
+#include "sampling_loops.h"
+}  // namespace cpu_avx512
+#pragma GCC pop_options
 #endif
 
 namespace {
 
-// AVX2+FMA loops where the CPU has them (8 floats per instruction, fused multiply-add), unless
-// IEDVR_CPU_ISA=baseline asks for the portable ones (the tests run both).
-bool use_avx2_loops() {
-#ifdef IEDVR_HAVE_AVX2_LOOPS
-  const char* choice = std::getenv("IEDVR_CPU_ISA");
-  if (choice != nullptr && std::string_view(choice) == "baseline") return false;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+enum class Loops { baseline = 0, avx2 = 1, avx512 = 2 };
+constexpr const char* kLoopNames[] = {"baseline", "avx2", "avx512"};
+
+Loops best_loops_for_this_cpu() {
+#ifdef IEDVR_HAVE_X86_LOOPS
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return Loops::avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Loops::avx2;
 #endif
+  return Loops::baseline;
 }
+
+// The loops this CPU runs best, capped by IEDVR_CPU_ISA (baseline, avx2 or avx512: the most the
+// kernels may use; the tests run every variant the CPU can, and CI's lesser-CPU leg caps them).
+// Read at every call, so that a process can compare the variants.
+Loops sampling_loops() {
+  static const Loops best = best_loops_for_this_cpu();
+  const char* cap = std::getenv("IEDVR_CPU_ISA");
+  if (cap == nullptr || *cap == '\0') return best;
+  for (const Loops loops : {Loops::baseline, Loops::avx2, Loops::avx512}) {
+    if (std::string_view(cap) == kLoopNames[static_cast<int>(loops)]) return std::min(best, loops);
+  }
+  TORCH_CHECK(false, "IEDVR_CPU_ISA must be baseline, avx2 or avx512 (the most the deformable "
+                     "convolution's CPU loops may use), got \"", cap, "\"");
+}
+
+// The name of the loops a call makes now (the operator iedvr::cpu_sampling_loops, for the tests
+// and the benchmark).
+std::string sampling_loops_name() { return kLoopNames[static_cast<int>(sampling_loops())]; }
 
 template <typename scalar_t>
 void sample_columns(const ConvGeometry& g, const scalar_t* input, const scalar_t* offset,
                     const scalar_t* mask, int64_t p_begin, int64_t n, scalar_t* columns) {
-#ifdef IEDVR_HAVE_AVX2_LOOPS
-  if (use_avx2_loops()) {
-    return cpu_avx2::sample_columns(g, input, offset, mask, p_begin, n, columns);
-  }
+  switch (sampling_loops()) {
+#ifdef IEDVR_HAVE_X86_LOOPS
+    case Loops::avx512:
+      return cpu_avx512::sample_columns(g, input, offset, mask, p_begin, n, columns);
+    case Loops::avx2:
+      return cpu_avx2::sample_columns(g, input, offset, mask, p_begin, n, columns);
 #endif
-  cpu_baseline::sample_columns(g, input, offset, mask, p_begin, n, columns);
+    default:
+      return cpu_baseline::sample_columns(g, input, offset, mask, p_begin, n, columns);
+  }
 }
 
 template <typename scalar_t>
@@ -72,14 +106,20 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
                             int64_t n, int64_t dg, scalar_t* columns,
                             at::opmath_type<scalar_t>* grad_input, scalar_t* grad_offset,
                             scalar_t* grad_mask) {
-#ifdef IEDVR_HAVE_AVX2_LOOPS
-  if (use_avx2_loops()) {
-    return cpu_avx2::backward_sampling_pass(g, input, offset, mask, grad_columns, p_begin, n, dg,
-                                            columns, grad_input, grad_offset, grad_mask);
-  }
+  switch (sampling_loops()) {
+#ifdef IEDVR_HAVE_X86_LOOPS
+    case Loops::avx512:
+      return cpu_avx512::backward_sampling_pass(g, input, offset, mask, grad_columns, p_begin, n,
+                                                dg, columns, grad_input, grad_offset, grad_mask);
+    case Loops::avx2:
+      return cpu_avx2::backward_sampling_pass(g, input, offset, mask, grad_columns, p_begin, n,
+                                              dg, columns, grad_input, grad_offset, grad_mask);
 #endif
-  cpu_baseline::backward_sampling_pass(g, input, offset, mask, grad_columns, p_begin, n, dg,
-                                       columns, grad_input, grad_offset, grad_mask);
+    default:
+      return cpu_baseline::backward_sampling_pass(g, input, offset, mask, grad_columns, p_begin,
+                                                  n, dg, columns, grad_input, grad_offset,
+                                                  grad_mask);
+  }
 }
 
 // Output pixels per column buffer: about 384 KiB of columns, so that a chunk's columns, their
@@ -333,5 +373,7 @@ TORCH_LIBRARY_IMPL(iedvr, CPU, m) {
   m.impl("modulated_deform_conv2d", &forward_cpu);
   m.impl("modulated_deform_conv2d_backward", &backward_cpu);
 }
+
+TORCH_LIBRARY_FRAGMENT(iedvr, m) { m.def("cpu_sampling_loops() -> str", &sampling_loops_name); }
 
 }  // namespace iedvr
