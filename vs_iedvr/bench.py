@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import clips, model_file, network, onnx_export, precision
+from .arguments import positive_int
 
 PIPELINES = {"plugin": "core.iedvr.Upscale (C++, cached features)",
              "python": "Python callback (std.ModifyFrame + torch)",
@@ -282,16 +283,6 @@ def bench(args) -> int:
                 ratio = results[name]["median_s"] / results["plugin"]["median_s"]
                 print(f"plugin / {label}: {ratio:.2f}x the frames per second")
     return 0
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, parse_size) -> None:
