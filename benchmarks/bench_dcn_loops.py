@@ -24,7 +24,7 @@ def runnable_loops() -> list[str]:
     runnable = []
     for loops in LOOPS:
         os.environ["IEDVR_CPU_ISA"] = loops
-        if torch.ops.iedvr.cpu_sampling_loops() == loops:
+        if torch.ops.iedvr.cpu_sampling_loops() == [loops, loops]:
             runnable.append(loops)
     return runnable
 

@@ -64,5 +64,5 @@ def pytest_report_header(config):
         f"in force: ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN bfloat16 "
         f"{'yes' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no'}, native bfloat16 "
         f"default {'yes' if cpu_has_native_bfloat16() else 'no'}, DCN loops "
-        f"{torch.ops.iedvr.cpu_sampling_loops()}",
+        "forward {} backward {}".format(*torch.ops.iedvr.cpu_sampling_loops()),
     ]

@@ -33,7 +33,8 @@ namespace cpu_baseline {
 }  // namespace cpu_baseline
 
 // The same loops compiled for AVX2+FMA (8 floats an instruction) and for AVX-512 (16), chosen
-// at run time from the CPU's features, so that one library runs on every x86-64 CPU.
+// at run time from the CPU's features (sampling_loops), so that one library runs on every x86-64
+// CPU.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define IEDVR_HAVE_X86_LOOPS 1
 #pragma GCC push_options
@@ -67,28 +68,37 @@ Loops best_loops_for_this_cpu() {
   return Loops::baseline;
 }
 
-// The loops this CPU runs best, capped by IEDVR_CPU_ISA (baseline, avx2 or avx512: the most the
-// kernels may use; the tests run every variant the CPU can, and CI's lesser-CPU leg caps them).
-// Read at every call, so that a process can compare the variants.
-Loops sampling_loops() {
+// Which loops a pass takes: IEDVR_CPU_ISA (baseline, avx2 or avx512) names them where the CPU
+// runs them (else the best it has below), so that the tests run every build this CPU can and CI's
+// lesser-CPU leg runs AVX2's. Unset, each pass takes the build measured fastest for it on a CPU
+// with AVX-512 (benchmarks/bench_dcn_loops.py, docs/operator.md): the backward pass AVX-512's,
+// the forward pass AVX2's, which were as fast or faster (its runs of 8 channels fill 256-bit
+// vectors exactly). Read at every call, so that a process can compare the builds.
+enum class Pass { forward, backward };
+Loops sampling_loops(Pass pass) {
   static const Loops best = best_loops_for_this_cpu();
-  const char* cap = std::getenv("IEDVR_CPU_ISA");
-  if (cap == nullptr || *cap == '\0') return best;
-  for (const Loops loops : {Loops::baseline, Loops::avx2, Loops::avx512}) {
-    if (std::string_view(cap) == kLoopNames[static_cast<int>(loops)]) return std::min(best, loops);
+  const char* chosen = std::getenv("IEDVR_CPU_ISA");
+  if (chosen == nullptr || *chosen == '\0') {
+    return pass == Pass::forward ? std::min(best, Loops::avx2) : best;
   }
-  TORCH_CHECK(false, "IEDVR_CPU_ISA must be baseline, avx2 or avx512 (the most the deformable "
-                     "convolution's CPU loops may use), got \"", cap, "\"");
+  for (const Loops loops : {Loops::baseline, Loops::avx2, Loops::avx512}) {
+    if (std::string_view(chosen) == kLoopNames[static_cast<int>(loops)]) return std::min(best, loops);
+  }
+  TORCH_CHECK(false, "IEDVR_CPU_ISA must be baseline, avx2 or avx512 (the build of the deformable "
+                     "convolution's CPU loops to use), got \"", chosen, "\"");
 }
 
-// The name of the loops a call makes now (the operator iedvr::cpu_sampling_loops, for the tests
-// and the benchmark).
-std::string sampling_loops_name() { return kLoopNames[static_cast<int>(sampling_loops())]; }
+// The loops the forward and the backward pass take now (the operator iedvr::cpu_sampling_loops,
+// for the tests, the benchmark and the test report's header).
+std::vector<std::string> sampling_loops_names() {
+  return {kLoopNames[static_cast<int>(sampling_loops(Pass::forward))],
+          kLoopNames[static_cast<int>(sampling_loops(Pass::backward))]};
+}
 
 template <typename scalar_t>
 void sample_columns(const ConvGeometry& g, const scalar_t* input, const scalar_t* offset,
                     const scalar_t* mask, int64_t p_begin, int64_t n, scalar_t* columns) {
-  switch (sampling_loops()) {
+  switch (sampling_loops(Pass::forward)) {
 #ifdef IEDVR_HAVE_X86_LOOPS
     case Loops::avx512:
       return cpu_avx512::sample_columns(g, input, offset, mask, p_begin, n, columns);
@@ -106,7 +116,7 @@ void backward_sampling_pass(const ConvGeometry& g, const scalar_t* input, const 
                             int64_t n, int64_t dg, scalar_t* columns,
                             at::opmath_type<scalar_t>* grad_input, scalar_t* grad_offset,
                             scalar_t* grad_mask) {
-  switch (sampling_loops()) {
+  switch (sampling_loops(Pass::backward)) {
 #ifdef IEDVR_HAVE_X86_LOOPS
     case Loops::avx512:
       return cpu_avx512::backward_sampling_pass(g, input, offset, mask, grad_columns, p_begin, n,
@@ -374,6 +384,6 @@ TORCH_LIBRARY_IMPL(iedvr, CPU, m) {
   m.impl("modulated_deform_conv2d_backward", &backward_cpu);
 }
 
-TORCH_LIBRARY_FRAGMENT(iedvr, m) { m.def("cpu_sampling_loops() -> str", &sampling_loops_name); }
+TORCH_LIBRARY_FRAGMENT(iedvr, m) { m.def("cpu_sampling_loops() -> str[]", &sampling_loops_names); }
 
 }  // namespace iedvr
