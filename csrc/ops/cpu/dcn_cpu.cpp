@@ -72,8 +72,8 @@ Loops best_loops_for_this_cpu() {
 // runs them (else the best it has below), so that the tests run every build this CPU can and CI's
 // lesser-CPU leg runs AVX2's. Unset, each pass takes the build measured fastest for it on a CPU
 // with AVX-512 (benchmarks/bench_dcn_loops.py, docs/operator.md): the backward pass AVX-512's,
-// the forward pass AVX2's, which were as fast or faster (its runs of 8 channels fill 256-bit
-// vectors exactly). Read at every call, so that a process can compare the builds.
+// the forward pass AVX2's, which was as fast or faster. Read at every call, so that a process can
+// compare the builds.
 enum class Pass { forward, backward };
 Loops sampling_loops(Pass pass) {
   static const Loops best = best_loops_for_this_cpu();
