@@ -3,7 +3,7 @@ default model (vmaf_v0.6.1), as encoders score a picture.
 
 The frames reach ffmpeg losslessly: the 8-bit RGB frames that PSNR and SSIM see, as raw video in
 two temporary files. ffmpeg converts both to 8-bit YUV 4:4:4 with the BT.601 matrix in limited
-range (the luma that PSNR-Y measures; VMAF's features are computed on luma only), libvmaf scores
+range (PSNR-Y's luma, rounded to 8 bits; VMAF's features are computed on luma only), libvmaf scores
 the clip as a sequence (its motion feature compares each frame with the one before) and writes a
 JSON log with a score per frame, which is what this module returns.
 
