@@ -54,15 +54,22 @@ def pytest_report_header(config):
     (`./run test-lesser-cpu` sets them; docs/install.md)."""
     import torch
 
-    import vs_iedvr.ops  # noqa: F401  (loads the operator library)
     from vs_iedvr.precision import cpu_has_native_bfloat16
 
     limits = {name: os.environ.get(name, "-") for name in
               ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "IEDVR_CPU_BFLOAT16", "IEDVR_CPU_ISA")}
+    try:
+        native_bfloat16 = "yes" if cpu_has_native_bfloat16() else "no"
+    except ValueError as error:
+        native_bfloat16 = f"unknown ({error})"
+    try:
+        import vs_iedvr.ops  # noqa: F401  (loads the operator library)
+        loops = "forward {} backward {}".format(*torch.ops.iedvr.cpu_sampling_loops())
+    except (ImportError, RuntimeError) as error:  # not built, or a wrong IEDVR_CPU_ISA
+        loops = f"unknown ({str(error).splitlines()[0]})"
     return [
         "instruction-set limits: " + ", ".join(f"{k}={v}" for k, v in limits.items()),
         f"in force: ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN bfloat16 "
         f"{'yes' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no'}, native bfloat16 "
-        f"default {'yes' if cpu_has_native_bfloat16() else 'no'}, DCN loops "
-        "forward {} backward {}".format(*torch.ops.iedvr.cpu_sampling_loops()),
+        f"default {native_bfloat16}, DCN loops {loops}",
     ]

@@ -166,6 +166,33 @@ def test_16_bit_is_the_cpu_default_where_the_cpu_computes_it(network_and_model, 
     assert not np.array_equal(default, other)
 
 
+@pytest.mark.parametrize("forced", ["0", "1"])
+def test_the_bfloat16_default_follows_iedvr_cpu_bfloat16(network_and_model, frames, monkeypatch,
+                                                          forced):
+    # CI's lesser-CPU leg tells the engine and Python alike that the CPU has no native bfloat16.
+    from vs_iedvr.precision import cpu_has_native_bfloat16
+
+    _, path = network_and_model
+    monkeypatch.setenv("IEDVR_CPU_BFLOAT16", forced)
+    assert cpu_has_native_bfloat16() == (forced == "1")
+    default = planes(core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1).get_frame(2))
+    chosen = planes(core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1,
+                                       fp16=int(forced)).get_frame(2))
+    np.testing.assert_array_equal(default, chosen)
+
+
+def test_a_wrong_iedvr_cpu_bfloat16_is_an_error_that_names_it(network_and_model, frames,
+                                                             monkeypatch):
+    from vs_iedvr.precision import cpu_has_native_bfloat16
+
+    _, path = network_and_model
+    monkeypatch.setenv("IEDVR_CPU_BFLOAT16", "yes")
+    with pytest.raises(ValueError, match="IEDVR_CPU_BFLOAT16 must be 0 or 1.*'yes'"):
+        cpu_has_native_bfloat16()
+    with pytest.raises(vs.Error, match='IEDVR_CPU_BFLOAT16 must be 0 or 1.*"yes"'):
+        core.iedvr.Upscale(clip_of(frames), model=path, device_index=-1).get_frame(2)
+
+
 # float32 on CUDA: cuDNN may run its convolutions in TF32 (torch's default), hence 5e-3.
 @requires_cuda
 @pytest.mark.parametrize("fp16, atol", [(0, 5e-3), (1, 2e-2)])
