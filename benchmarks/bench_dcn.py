@@ -45,13 +45,18 @@ def gemm_peak(dtype, sizes=(1024, 2048, 3072), repeats=5):
     return max(rates)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_arguments(parser):
+    """The operator's shape, EDVR-M's by default (also for bench_dcn_loops.py)."""
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--height", type=int, default=180)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--deformable-groups", type=int, default=8)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_arguments(parser)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-reference", action="store_true", help="skip the slow reference")
     args = parser.parse_args()

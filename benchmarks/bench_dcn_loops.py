@@ -11,11 +11,17 @@ rounds, and each ratio the median of the rounds' ratios against the baseline bui
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import vs_iedvr.ops  # noqa: F401  (loads the operator library)
+
+# bench_dcn.py beside this file (python -P leaves the script's folder off the path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dcn import add_shape_arguments  # noqa: E402
 
 LOOPS = ("baseline", "avx2", "avx512")
 
@@ -38,11 +44,7 @@ def seconds(fn) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--height", type=int, default=180)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--deformable-groups", type=int, default=8)
+    add_shape_arguments(parser)
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
 

@@ -53,7 +53,8 @@ def source_folder() -> Path:
     return folder / "basicsr"
 
 
-def _load(name: str, path: Path) -> types.ModuleType:
+def load_source_file(name: str, path: Path) -> types.ModuleType:
+    """The Python file at path as the module `name` (also for tests/mmagic_oracle.py)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -84,9 +85,9 @@ def basicsr_edvr() -> types.ModuleType:
     sys.modules["basicsr.utils.registry"] = registry
     _package("basicsr.ops", root / "ops")
     dcn = _package("basicsr.ops.dcn", root / "ops" / "dcn")
-    deform_conv = _load("basicsr.ops.dcn.deform_conv", root / "ops" / "dcn" / "deform_conv.py")
+    deform_conv = load_source_file("basicsr.ops.dcn.deform_conv", root / "ops" / "dcn" / "deform_conv.py")
     for name in ("ModulatedDeformConvPack", "modulated_deform_conv"):
         setattr(dcn, name, getattr(deform_conv, name))
     _package("basicsr.archs", root / "archs")
-    _load("basicsr.archs.arch_util", root / "archs" / "arch_util.py")
-    return _load("basicsr.archs.edvr_arch", root / "archs" / "edvr_arch.py")
+    load_source_file("basicsr.archs.arch_util", root / "archs" / "arch_util.py")
+    return load_source_file("basicsr.archs.edvr_arch", root / "archs" / "edvr_arch.py")

@@ -14,7 +14,6 @@ own DCN onto torchvision's the same way).
     network = mmagic.EDVRNet(3, 3, mid_channels=16, ...)
 """
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from basicsr_oracle import load_source_file
 
 VERSION = "1.2.0"
 CACHE = Path.home() / ".cache" / "vs-iedvr-tests"
@@ -63,14 +64,6 @@ def _module(name: str, **attributes) -> types.ModuleType:
     module.__path__ = []
     module.__dict__.update(attributes)
     sys.modules[name] = module
-    return module
-
-
-def _load(name: str, path: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
     return module
 
 
@@ -149,11 +142,13 @@ def mmagic_edvr() -> types.ModuleType:
     _stand_ins()
     archs = _module("mmagic.models.archs")
     archs.__path__ = [str(root / "models" / "archs")]
-    backbone = _load("mmagic.models.archs.sr_backbone", root / "models" / "archs" / "sr_backbone.py")
-    upsample = _load("mmagic.models.archs.upsample", root / "models" / "archs" / "upsample.py")
+    backbone = load_source_file("mmagic.models.archs.sr_backbone",
+                                root / "models" / "archs" / "sr_backbone.py")
+    upsample = load_source_file("mmagic.models.archs.upsample",
+                                root / "models" / "archs" / "upsample.py")
     archs.ResidualBlockNoBN = backbone.ResidualBlockNoBN
     archs.PixelShufflePack = upsample.PixelShufflePack
     _module("mmagic.models.editors")
     _module("mmagic.models.editors.edvr")
-    return _load("mmagic.models.editors.edvr.edvr_net",
-                 root / "models" / "editors" / "edvr" / "edvr_net.py")
+    return load_source_file("mmagic.models.editors.edvr.edvr_net",
+                            root / "models" / "editors" / "edvr" / "edvr_net.py")
