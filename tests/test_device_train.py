@@ -29,10 +29,13 @@ def device_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("device-train")
     train = base / "data" / "train"
     (train / "photos").mkdir(parents=True)
+    (train / "textures").mkdir()
     shutil.copy(ROOT / "demo" / "dog.mkv", train / "dog.mkv")
     for number, frame in enumerate(video_frames(train / "dog.mkv")):
-        if number in (2, 12):  # stills for the synthetic-motion clips
+        if number in (2, 12):  # stills for the synthetic-motion clips and the layered scenes
             Image.fromarray(frame).save(train / "photos" / f"frame{number}.png")
+        if number == 7:  # as device_data.py packs the layered recipe's textures
+            Image.fromarray(frame[::2, ::2]).save(train / "textures" / "texture.png")
     env = dict(os.environ, OUT=str(base / "out"), RUN_DIR=str(base / "run"),
                DATA=str(base / "data"), DEVICE="cpu", OPS="installed", PYTHON=sys.executable,
                BATCH="1", PATCH="12", VAL_SAMPLES="2", LOG_EVERY="1", END_RESERVE_S="5")
@@ -41,6 +44,17 @@ def device_run(tmp_path_factory):
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return base, result.stdout, time.time() - started
+
+
+def test_trains_the_layered_recipe(device_run):
+    base, stdout, _ = device_run
+    assert re.search(r"^== [\d:]+ train for [\d.]+ minutes on cpu: batch 1, patch 12, layered 0.3,", stdout, re.M), stdout
+    config = torch.load(base / "out" / "last-fp16.pt", weights_only=True)["config"]
+    assert config["layered_fraction"] == 0.3
+    # The textures are stills, not a clip of unrelated images.
+    data = base / "data" / "train"
+    assert sorted(config["data"]) == sorted([f"stills:{data / 'photos'}", f"stills:{data / 'textures'}",
+                                             str(data / "dog.mkv")])
 
 
 def test_reports_speed_and_validation_psnr(device_run):
