@@ -111,7 +111,8 @@ def vapoursynth_plugin_extension():
 
     return Extension(
         name="vapoursynth.plugins.iedvr.libiedvr_vs",
-        sources=["csrc/vsfilter/vs_filter.cpp"],
+        sources=["csrc/vsfilter/vs_filter.cpp", "csrc/vsfilter/engine_library.cpp",
+                 "csrc/vsfilter/model_files.cpp"],
         include_dirs=[vapoursynth.get_include()],
         extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden"],
         extra_link_args=["-ldl"],

@@ -144,7 +144,7 @@ IedvrPlan plan_memory(IedvrEngine* engine, int width, int height, int streams,
                                   chosen)) {
     const double least = memory_plan::least_bytes(width, height, streams, costs);
     const double untiled = costs.frame_per_pixel * width * height;
-    const char* source = std::getenv("IEDVR_MAX_MEMORY_MB") ? "IEDVR_MAX_MEMORY_MB"
+    const char* source = memory_limit_setting() > 0 ? "IEDVR_MAX_MEMORY_MB"
                          : engine->device.is_cuda() ? "three quarters of the GPU's free memory"
                                                     : "a quarter of the memory available";
     std::ostringstream message;

@@ -96,7 +96,6 @@ constexpr int64_t kMinCachedTile = 128, kMinTile = 16;
 // frames in a window. Returns false when not even the smallest tiles fit.
 inline bool choose(int64_t width, int64_t height, int streams, size_t full_cache, size_t window,
                    const Costs& costs, double budget, Plan& plan) {
-  const double pixels = static_cast<double>(width) * height;
   const std::vector<size_t> caches = full_cache > window ? std::vector<size_t>{full_cache, window}
                                                          : std::vector<size_t>{full_cache};
   for (const size_t cache : caches) {

@@ -1,20 +1,17 @@
-// The VapourSynth side of vs-iedvr: the `iedvr` namespace and its Upscale filter. This library is
-// loaded at every VapourSynth start, so it does not link libtorch: the inference engine
-// (libiedvr_engine.so, csrc/engine/) is loaded with dlopen when Upscale is first called.
+// The VapourSynth side of vs-iedvr: the `iedvr` namespace and its Upscale filter, its arguments
+// and its frames. This library is loaded at every VapourSynth start, so it does not link libtorch:
+// the inference engine (libiedvr_engine.so, csrc/engine/) is loaded with dlopen when Upscale is
+// first called (engine_library.h), and shared between VapourSynth's threads (engine_pool.h).
 //
 // For output frame n, Upscale requests the frames n - N .. n + N of its clip (N from the model),
 // fills neighbours beyond the clip's ends or beyond a scene change by reflection (or
 // replication), runs the engine and returns the upscaled frame with frame n's properties.
 #include <VSHelper4.h>
 #include <VapourSynth4.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <condition_variable>
-#include <cstring>
-#include <filesystem>
+#include <cstdio>
 #include <limits>
 #include <map>
 #include <memory>
@@ -22,138 +19,22 @@
 #include <string>
 #include <vector>
 
-#include "../engine/engine.h"
 #include "../engine/memory_plan.h"
+#include "engine_library.h"
+#include "engine_pool.h"
+#include "frame_window.h"
+#include "model_files.h"
 
 namespace {
 
+using iedvr_vs::Border;
+using iedvr_vs::EngineLibrary;
+using iedvr_vs::EnginePool;
+using iedvr_vs::find_model_file;
+using iedvr_vs::fold;
+using iedvr_vs::load_engine;
+
 constexpr const char* kName = "Upscale";
-
-struct EngineLibrary {
-  IedvrEngineCreate create = nullptr;
-  IedvrEngineInfo info = nullptr;
-  IedvrEngineRun run = nullptr;
-  IedvrEngineDestroy destroy = nullptr;
-  IedvrEnginePlan plan = nullptr;
-};
-
-std::filesystem::path this_library_folder() {
-  Dl_info self{};
-  dladdr(reinterpret_cast<void*>(&this_library_folder), &self);
-  return std::filesystem::path(self.dli_fname).parent_path();
-}
-
-// The installed layout: site-packages/vapoursynth/plugins/iedvr/ holds this library,
-// site-packages/vs_iedvr/ the engine, the operator library and the default model.
-std::filesystem::path package_folder() {
-  return this_library_folder() / ".." / ".." / ".." / "vs_iedvr";
-}
-
-// Where `vs-iedvr fetch` installs the official models, as vs_iedvr/model_zoo.py's models_folder:
-// $IEDVR_MODEL_DIR, else $XDG_DATA_HOME/vs-iedvr/models, else ~/.local/share/vs-iedvr/models.
-std::filesystem::path fetched_models_folder() {
-  const char* chosen = std::getenv("IEDVR_MODEL_DIR");
-  if (chosen != nullptr && *chosen != '\0') return chosen;
-  const char* data_home = std::getenv("XDG_DATA_HOME");
-  if (data_home != nullptr && *data_home != '\0') {
-    return std::filesystem::path(data_home) / "vs-iedvr" / "models";
-  }
-  const char* home = std::getenv("HOME");
-  return std::filesystem::path(home != nullptr ? home : "") / ".local" / "share" / "vs-iedvr" /
-         "models";
-}
-
-// The short names of vs_iedvr/model_zoo.py's MODELS (tests/test_fetch.py checks that every one
-// is known here): a bare name among them is a fetched model file, or an error naming the command
-// that fetches it. The filter never downloads.
-bool is_official_model(const std::string& name) {
-  static const char* const names[] = {
-      "edvr-m", "edvr-m-notsa", "edvr-l", "edvr-l-vimeo", "edvr-l-blur", "edvr-l-deblur",
-      "edvr-l-deblurcomp", "edvr-m-mmagic", "edvr-m-notsa-mmagic", "edvr-l-mmagic",
-      "edvr-l-notsa-mmagic"};
-  return std::any_of(std::begin(names), std::end(names),
-                     [&](const char* official) { return name == official; });
-}
-
-// Loaded once per process and never unloaded (libtorch does not support unloading).
-const EngineLibrary* load_engine(std::string& error) {
-  static std::mutex mutex;
-  static EngineLibrary library;
-  static std::string load_error;
-  static bool tried = false;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!tried) {
-    tried = true;
-    const auto path = package_folder() / "libiedvr_engine.so";
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      load_error = std::string("cannot load the inference engine ") + path.string() + ": " +
-                   dlerror() + " (reinstall vs-iedvr)";
-    } else {
-      library.create = reinterpret_cast<IedvrEngineCreate>(dlsym(handle, "iedvr_engine_create"));
-      library.info = reinterpret_cast<IedvrEngineInfo>(dlsym(handle, "iedvr_engine_info"));
-      library.run = reinterpret_cast<IedvrEngineRun>(dlsym(handle, "iedvr_engine_run"));
-      library.destroy = reinterpret_cast<IedvrEngineDestroy>(dlsym(handle, "iedvr_engine_destroy"));
-      library.plan = reinterpret_cast<IedvrEnginePlan>(dlsym(handle, "iedvr_engine_plan"));
-      if (!library.create || !library.info || !library.run || !library.destroy || !library.plan) {
-        load_error = "the inference engine " + path.string() + " lacks its functions (reinstall vs-iedvr)";
-      }
-    }
-  }
-  error = load_error;
-  return load_error.empty() ? &library : nullptr;
-}
-
-enum class Border { reflect, replicate };
-
-// num_streams engines, sharing the model's weights (the engine prepares a model file once per
-// process) and on CUDA each with its own stream, handed out to VapourSynth's threads one at a time.
-class EnginePool {
- public:
-  explicit EnginePool(const EngineLibrary* library) : library_(library) {}
-  ~EnginePool() {
-    for (IedvrEngine* engine : engines_) library_->destroy(engine);
-  }
-  void add(IedvrEngine* engine) {
-    engines_.push_back(engine);
-    idle_.push_back(engine);
-  }
-  IedvrEngine* any() const { return engines_.front(); }
-  int size() const { return static_cast<int>(engines_.size()); }
-
-  int plan(int width, int height, double host_bytes_per_pixel, const IedvrTiling* given,
-           IedvrPlan* plan, char* error, size_t error_size) {
-    return library_->plan(any(), width, height, size(), host_bytes_per_pixel, given, plan, error,
-                          error_size);
-  }
-
-  int run(const IedvrPlanes* frames, const int* frame_numbers, int half, int width, int height,
-          const IedvrTiling* tiling, const IedvrOutputPlanes* output, char* error,
-          size_t error_size) {
-    IedvrEngine* engine = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      available_.wait(lock, [&] { return !idle_.empty(); });
-      engine = idle_.back();
-      idle_.pop_back();
-    }
-    const int status =
-        library_->run(engine, frames, frame_numbers, half, width, height, tiling, output, error,
-                      error_size);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      idle_.push_back(engine);
-    }
-    available_.notify_one();
-    return status;
-  }
-
- private:
-  const EngineLibrary* library_;
-  std::vector<IedvrEngine*> engines_, idle_;
-  std::mutex mutex_;
-  std::condition_variable available_;
-};
 
 struct UpscaleData {
   VSNode* node = nullptr;
@@ -212,18 +93,6 @@ void plan_memory(UpscaleData* d, VSCore* core, const VSAPI* vsapi) {
              " bytes per input pixel of a window, " +
              std::to_string(static_cast<int>(plan.cache_bytes_per_pixel)) + " per cached frame";
   vsapi->logMessage(mtInformation, message.c_str(), core);
-}
-
-// Index `i` folded into [first, last] by reflection about the ends (or clamping to them). 64-bit:
-// clips can be up to INT_MAX frames long (std.Loop), so n + radius and 2 * (last - first)
-// overflow an int.
-int fold(int64_t i, int64_t first, int64_t last, Border border) {
-  if (first == last) return static_cast<int>(first);
-  if (border == Border::replicate) return static_cast<int>(std::clamp(i, first, last));
-  const int64_t period = 2 * (last - first);
-  int64_t offset = (i - first) % period;
-  if (offset < 0) offset += period;
-  return static_cast<int>(first + (offset <= last - first ? offset : period - offset));
 }
 
 bool has_property(const VSAPI* vsapi, const VSFrame* frame, const char* key) {
@@ -377,68 +246,12 @@ void VS_CC upscale_create(const VSMap* in, VSMap* out, void*, VSCore* core, cons
   if (scale_given && (scale_arg < 1 || scale_arg > 8)) {
     return fail("scale must be from 1 to 8, got " + std::to_string(scale_arg));
   }
-  std::string model_path;
   const char* model = vsapi->mapGetData(in, "model", 0, &error);
-  if (error) {
-    // The shipped weights: default.pt upscales x4, default-x<s>.pt any other scale s.
-    const int64_t scale = scale_given ? scale_arg : 4;
-    const std::string name = scale == 4 ? "default.pt" : "default-x" + std::to_string(scale) + ".pt";
-    model_path = (package_folder() / "models" / name).string();
-    if (!std::filesystem::exists(model_path)) {
-      return fail("no default model for scale=" + std::to_string(scale) +
-                  " is installed with this vs-iedvr; pass model=\"path/to/model.pt\" (export one "
-                  "with `vs-iedvr export`)");
-    }
-  } else {
-    // A NUL inside the data would end the path there: 'default\0/etc/passwd' loaded "default".
-    const int model_size = vsapi->mapGetDataSize(in, "model", 0, nullptr);
-    if (std::memchr(model, '\0', static_cast<size_t>(model_size)) != nullptr) {
-      return fail("model must not contain a NUL character (it would cut the path short there)");
-    }
-    model_path.assign(model, static_cast<size_t>(model_size));
-    // A bare name that is no file here names a shipped model: "default-x2" or "default-x2.pt".
-    const std::filesystem::path shipped = package_folder() / "models";
-    std::error_code ignored;
-    if (model_path.find('/') == std::string::npos && !std::filesystem::exists(model_path, ignored)) {
-      bool found = false;
-      for (const std::string& name : {model_path, model_path + ".pt"}) {
-        if (std::filesystem::is_regular_file(shipped / name, ignored)) {
-          model_path = (shipped / name).string();
-          found = true;
-          break;
-        }
-      }
-      // An official EDVR model: "edvr-m" or "edvr-m.pt", installed by `vs-iedvr fetch edvr-m`.
-      const std::string bare = model_path.size() > 3 && model_path.compare(model_path.size() - 3, 3, ".pt") == 0
-                                   ? model_path.substr(0, model_path.size() - 3)
-                                   : model_path;
-      if (!found && is_official_model(bare)) {
-        const std::filesystem::path fetched = fetched_models_folder() / (bare + ".pt");
-        if (!std::filesystem::is_regular_file(fetched, ignored)) {
-          return fail("model \"" + bare + "\" is an official EDVR model that is not fetched yet: "
-                      "run `vs-iedvr fetch " + bare + "` first (it installs " + fetched.string() +
-                      "; the filter never downloads)");
-        }
-        model_path = fetched.string();
-      }
-    }
-    std::error_code status_error;
-    const auto status = std::filesystem::status(model_path, status_error);
-    if (!std::filesystem::exists(status)) {
-      std::string names;
-      for (const auto& entry : std::filesystem::directory_iterator(shipped, ignored)) {
-        if (entry.path().extension() != ".pt") continue;
-        names += (names.empty() ? "" : ", ") + entry.path().stem().string();
-      }
-      return fail("model file \"" + model_path + "\" does not exist" +
-                  (names.empty() ? std::string() : "; the shipped models are " + names));
-    }
-    if (!std::filesystem::is_regular_file(status)) {
-      return fail("model \"" + model_path + "\" is " +
-                  (std::filesystem::is_directory(status) ? "a directory" : "not a regular file") +
-                  "; expected a model file from `vs-iedvr export`");
-    }
-  }
+  const int model_size = model != nullptr ? vsapi->mapGetDataSize(in, "model", 0, nullptr) : 0;
+  std::string model_error;
+  const std::string model_path =
+      find_model_file(model, model_size, scale_given ? scale_arg : 4, model_error);
+  if (model_path.empty()) return fail(model_error);
   // Read as 64-bit and checked before narrowing, so that the message shows the value given.
   const int64_t device = vsapi->mapGetInt(in, "device_index", 0, &error);
   if (!error && (device < -1 || device > std::numeric_limits<int>::max())) {
