@@ -18,7 +18,7 @@ import vs_iedvr
 from basicsr_oracle import basicsr_edvr
 from fetch_server import FileServer
 from test_plugin import clip_of, planes
-from vs_iedvr import fetch, model_file, model_zoo
+from vs_iedvr import download, model_file, model_zoo
 from vs_iedvr.window import fold
 
 core = vs.core
@@ -178,11 +178,11 @@ def test_the_older_drive_page_is_followed_by_its_confirm_link():
     page = ('<html><head><title>Google Drive - Virus scan warning</title></head><body>'
             '<a id="uc-download-link" href="/uc?export=download&amp;confirm=Xy9_&amp;id=ABC">'
             'Download anyway</a></body></html>')
-    assert (fetch.confirmation_url(page, "https://drive.google.com/uc?export=download&id=ABC") ==
+    assert (download.confirmation_url(page, "https://drive.google.com/uc?export=download&id=ABC") ==
             "https://drive.google.com/uc?export=download&confirm=Xy9_&id=ABC")
     quota = "<html><head><title>Google Drive - Quota exceeded</title></head></html>"
-    assert fetch.confirmation_url(quota, "https://drive.google.com/uc?id=ABC") is None
-    assert fetch.page_title(quota) == "Google Drive - Quota exceeded"
+    assert download.confirmation_url(quota, "https://drive.google.com/uc?id=ABC") is None
+    assert download.page_title(quota) == "Google Drive - Quota exceeded"
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(server, run_here, tmp_path,
