@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("weights", type=Path, nargs="+")
     args = parser.parse_args()
     state, steps = average(args.weights)
-    torch.save({"model": state, "step": 0, "total_steps": steps, "init_steps": steps,
-                "best_psnr": float("nan"),
+    # What --init and export read: the weights, the steps behind them, the config naming the files.
+    torch.save({"model": state, "step": 0, "total_steps": steps,
                 "config": {"averaged": [str(path) for path in args.weights]}}, args.output)
     print(f"wrote {args.output}: the mean of {len(args.weights)} files' weights")
 
