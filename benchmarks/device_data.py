@@ -48,8 +48,9 @@ def write_init(model: Path, out: Path) -> str:
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     state = {name: tensor.to(torch.float16) for name, tensor in initial.state.items()}
     # The keys of a training checkpoint (training/train.py), so that --init counts its steps and
-    # `vs-iedvr export --weights` records them.
+    # hours and `vs-iedvr export --weights` records them.
     torch.save({"model": state, "step": 0, "total_steps": initial.steps, "init_steps": initial.steps,
+                "total_hours": initial.hours,
                 "best_psnr": float("nan"),
                 "config": {"packed_from": str(model), "sha256": digest}}, out)
     return (f"- init.pt ({out.stat().st_size / 2**20:.1f} MiB): the weights of {model} "

@@ -109,12 +109,15 @@ def test_training_checkpoint_provenance(tmp_path):
     provenance = model_file.load_weights(IEDVR(SMALL), checkpoint)
     assert provenance["state_dict_key"] == "model"
     # Without a warm start, the checkpoint's own steps are all the steps behind its weights.
-    assert provenance["training"] == {"step": 1234, "total_steps": 1234, "best_val_psnr_y": 31.5,
+    # A checkpoint that does not record its hours leaves them unknown, not 0.
+    assert provenance["training"] == {"step": 1234, "total_steps": 1234, "total_hours": None,
+                                      "best_val_psnr_y": 31.5,
                                       "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}
     torch.save({"model": net.state_dict(), "step": 0, "best_psnr": float("-inf"), "config": {},
-                "total_steps": 6500}, checkpoint)
+                "total_steps": 6500, "total_hours": 12.5}, checkpoint)
     training = model_file.load_weights(IEDVR(SMALL), checkpoint)["training"]
     assert training["best_val_psnr_y"] is None and training["total_steps"] == 6500
+    assert training["total_hours"] == 12.5
 
 
 def test_metadata(exported):

@@ -270,11 +270,20 @@ def test_short_training_lowers_the_loss_and_exports(dataset_root, tmp_path):
 def test_resume_reproduces_the_next_step(dataset_root, tmp_path):
     train(tiny_config(dataset_root, tmp_path / "straight", iterations=12, checkpoint_every=100))
     train(tiny_config(dataset_root, tmp_path / "resumed", iterations=10, checkpoint_every=10))
+    first = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    started = time.time()
     train(tiny_config(dataset_root, tmp_path / "resumed", iterations=12, checkpoint_every=100))
+    wall = time.time() - started
     straight = [float(r["loss"]) for r in read_log(tmp_path / "straight")]
     resumed = [float(r["loss"]) for r in read_log(tmp_path / "resumed")]
     assert len(resumed) == 12
     assert resumed[10:] == pytest.approx(straight[10:], rel=1e-5)
+    # The seconds trained go on from the checkpoint's, as the steps do; with no --init they are
+    # all the hours behind the weights.
+    second = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert first["init_hours"] == 0.0 and first["seconds"] > 0
+    assert 0 < second["seconds"] - first["seconds"] < wall
+    assert second["total_hours"] == pytest.approx(second["seconds"] / 3600)
 
 
 def test_two_processes_over_gloo(dataset_root, tmp_path):

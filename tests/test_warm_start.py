@@ -1,6 +1,8 @@
 """--init: a training run starts from a model file, one of our checkpoints or a BasicSR
 checkpoint; matching tensors are loaded, the rest stays fresh and is listed."""
 
+import time
+
 import pytest
 import torch
 
@@ -64,14 +66,20 @@ def test_nothing_matching_is_an_error(tmp_path):
 
 def test_init_from_our_checkpoint_continues_the_step_count(dataset_root, tmp_path):  # noqa: F811
     first = train(tiny_config(dataset_root, tmp_path / "first", iterations=6, checkpoint_every=6))
-    assert model_file.read_metadata(first)["weights"]["training"]["total_steps"] == 6
+    first_training = model_file.read_metadata(first)["weights"]["training"]
+    assert first_training["total_steps"] == 6
     # From the checkpoint: the weights are those of the first run at the start of the second.
     initial = read_initial_weights(tmp_path / "first" / "last.pt")
     assert (initial.kind, initial.steps) == ("vs-iedvr checkpoint", 6)
+    assert initial.hours == first_training["total_hours"] > 0
+    started = time.time()
     second = train(tiny_config(dataset_root, tmp_path / "second", iterations=4, checkpoint_every=4,
                                validate_every=100, init=str(first)))
+    wall = time.time() - started
     training = model_file.read_metadata(second)["weights"]["training"]
     assert training["init"] == str(first) and training["total_steps"] == 6 + 4
+    # The hours go on from the model file's as the steps do: its own and the second run's.
+    assert 0 < (training["total_hours"] - initial.hours) * 3600 < wall
 
 
 def test_the_shipped_model_warm_starts_x4_and_x2():

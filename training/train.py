@@ -166,6 +166,10 @@ class Trainee:
     step: int = 0
     best_psnr: float = -math.inf
     init_steps: int = 0  # the steps behind the --init weights, carried into total_steps
+    # The hours behind the --init weights (None where its file does not say) and the seconds this
+    # run has trained, resumes included: carried into total_hours as the steps are.
+    init_hours: float | None = 0.0
+    seconds: float = 0.0
     # The time budget's clock: its seconds spent, and when (in those seconds) the annealing
     # began, so that a resumed run keeps its deadline and goes on down the same cosine.
     budget_spent: float = 0.0
@@ -197,11 +201,11 @@ def refuse_to_overwrite(config: TrainConfig, last_path: Path) -> None:
 def prepare_trainee(network, config: TrainConfig, processes: Processes, last_path: Path) -> Trainee:
     """The network on its device with its optimiser: resumed from last.pt when there is one,
     else warm-started from --init when asked."""
-    init_steps = 0
+    init_steps, init_hours = 0, 0.0
     if config.init and not last_path.exists():  # a resume takes its weights from last.pt
         initial = read_initial_weights(config.init)
         report = warm_start(network, initial)
-        init_steps = initial.steps
+        init_steps, init_hours = initial.steps, initial.hours
         if processes.master:
             print(describe(report, config.init), flush=True)
     network = network.to(processes.device)
@@ -212,7 +216,7 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
                                  betas=(0.9, 0.99), weight_decay=config.weight_decay)
     amp_dtype = low_precision_dtype(processes.device) if config.amp else None
     scaler = torch.amp.GradScaler(processes.device.type, enabled=amp_dtype == torch.float16)
-    trainee = Trainee(network, optimizer, scaler, init_steps=init_steps)
+    trainee = Trainee(network, optimizer, scaler, init_steps=init_steps, init_hours=init_hours)
     if last_path.exists():  # resume exactly where the last checkpoint was written
         # weights_only: tensors, containers and numbers, all that save_checkpoint writes; a
         # crafted last.pt cannot run code.
@@ -228,6 +232,9 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         scaler.load_state_dict(state["scaler"])
         trainee.step, trainee.best_psnr = state["step"], state["best_psnr"]
         trainee.init_steps = state.get("init_steps", 0)
+        # A checkpoint from before the seconds were kept: the hours behind it are not known.
+        trainee.init_hours = state.get("init_hours") if "seconds" in state else None
+        trainee.seconds = state.get("seconds", 0.0)
         clock = state.get("clock", {})
         trainee.budget_spent = clock.get("budget_spent", 0.0)
         trainee.annealing_began = clock.get("annealing_began")
@@ -239,11 +246,13 @@ def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
     """weights_only: the weights alone, in float16, which --init and `vs-iedvr export --weights`
     read but which cannot resume a run: 7 MB for iedvr-m where Adam's moments make last.pt 42 MB,
     small enough to carry off a lent machine (the shipped model file holds float16 weights anyway).
-    total_steps follows the weights from run to run (and from machine to machine through the
-    shipped model file)."""
+    total_steps and total_hours follow the weights from run to run (and from machine to machine
+    through the shipped model file)."""
     state = {"model": trainee.network.state_dict(), "step": trainee.step,
              "best_psnr": trainee.best_psnr, "init_steps": trainee.init_steps,
              "total_steps": trainee.init_steps + trainee.step,
+             "init_hours": trainee.init_hours, "seconds": trainee.seconds,
+             "total_hours": total_hours(trainee),
              "clock": {"budget_spent": trainee.budget_spent,
                        "annealing_began": trainee.annealing_began},
              "config": dataclasses.asdict(config)}
@@ -256,6 +265,12 @@ def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
     temporary = path.with_name(path.name + ".partial")
     torch.save(state, temporary)
     os.replace(temporary, path)
+
+
+def total_hours(trainee: Trainee) -> float | None:
+    """The hours of training behind the weights: the --init weights' and this run's loop (the
+    wall clock of its steps, validation and checkpoints; not its start-up)."""
+    return None if trainee.init_hours is None else trainee.init_hours + trainee.seconds / 3600
 
 
 def save(path: Path, trainee: Trainee, config: TrainConfig) -> None:
@@ -466,11 +481,12 @@ def export_model_file(config: TrainConfig, out_dir: Path, best_psnr: float) -> P
     weights = out_dir / "best.pt" if (out_dir / "best.pt").exists() else out_dir / "last.pt"
     final = build(config.arch, scale=config.scale, **config.network)
     provenance = model_file.load_weights(final, weights)
-    saved = provenance["training"]  # the step and total_steps of the checkpoint's weights
+    saved = provenance["training"]  # the step, total_steps and total_hours of its weights
     provenance["training"] = {"data": config.data, "degradation": config.degradation,
                               "iterations": config.iterations, "arch": config.arch,
                               "init": config.init or None, "step": saved["step"],
                               "total_steps": saved["total_steps"],
+                              "total_hours": saved["total_hours"],
                               "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
     if config.layered_fraction:
         provenance["training"]["layered_fraction"] = config.layered_fraction
@@ -517,7 +533,7 @@ def train(config: TrainConfig) -> Path | None:
 
     # -- the loop ----------------------------------------------------------------------------------
     model.train()
-    first_step, started = trainee.step, time.time()
+    first_step, started, seconds_before = trainee.step, time.time(), trainee.seconds
     window_start, window_steps, window_loss = time.time(), 0, torch.zeros((), device=device)
     data = batches(dataset, config, processes, trainee.step)
     now = clock.now()
@@ -538,6 +554,7 @@ def train(config: TrainConfig) -> Path | None:
         scaler.step(optimizer)
         scaler.update()
         trainee.step += 1
+        trainee.seconds = seconds_before + time.time() - started
         step = trainee.step
         window_loss += loss.detach()  # summed on the device: .item() only when a row is written
         window_steps += 1

@@ -23,7 +23,7 @@ from . import __version__
 # run_command and the rest are vs-iedvr-train's too. Nothing imported here imports torch: each
 # command imports what it uses, so that an argument error is answered at once.
 from .arguments import (ArgumentParser, add_debug_option, describe, parse_command_line,  # noqa: F401
-                        parse_size, positive_int, run_command)
+                        hours, parse_size, positive_int, run_command)
 
 # --arch for an EDVR checkpoint of any layout, read from the file.
 EDVR_FROM_FILE = "edvr"
@@ -99,6 +99,11 @@ def export(args) -> int:
         arch, weights = source["architecture"], source["weights"]
     else:
         arch, net, weights = network_for_export(args.arch, args.scale, args.weights)
+    if args.training_hours is not None:
+        if weights in (None, model_file.UNTRAINED):
+            args.parser.error("--training-hours records the hours behind trained weights: give "
+                              "--weights, or --from-model a file that has them")
+        weights["training"] = (weights.get("training") or {}) | {"total_hours": args.training_hours}
     if args.format == "onnx":
         metadata = onnx_export.export_onnx(net, args.output, args.target, arch, args.size,
                                            weights, args.weights_dtype)
@@ -235,6 +240,9 @@ def add_export_options(export_parser: argparse.ArgumentParser) -> None:
                                "without it the network is untrained")
     export_parser.add_argument("--from-model", help="take the network and its weights from a model "
                                "file instead (a path, or default.pt for the shipped weights)")
+    export_parser.add_argument("--training-hours", type=hours, help="the hours of training "
+                               "behind the weights, recorded in the file's metadata where the "
+                               "checkpoint does not record them (vs-iedvr's record their own)")
     export_parser.add_argument("--output", required=True, help="the file to write")
     export_parser.add_argument("--weights-dtype", choices=sorted(model_file.WEIGHT_DTYPES),
                                default="float32", help="how the weights are stored (float16: "

@@ -33,6 +33,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected hours, a number 0 or more, got {text!r}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser with its errors on one line (the usage it prints above them is in
     --help), and options that may be added only when this (sub)command is the one parsed."""

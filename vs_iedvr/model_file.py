@@ -158,6 +158,8 @@ def metadata_for(network: IEDVR, arch: str, weights: dict) -> dict:
 
 
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# The weights' provenance in the metadata of a file exported without weights.
+UNTRAINED = {"source": "untrained (random initialisation)"}
 
 
 def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
@@ -178,7 +180,7 @@ def export_model(network: IEDVR, path, arch: str, weights: dict | None = None,
     with torch.no_grad(), without_torchscript_deprecation():
         traced = torch.jit.trace_module(padded, methods, check_trace=False)
     traced = traced.to(WEIGHT_DTYPES[weights_dtype])
-    metadata = metadata_for(network, arch, weights or {"source": "untrained (random initialisation)"})
+    metadata = metadata_for(network, arch, weights or dict(UNTRAINED))
     metadata["weights_dtype"] = weights_dtype
     metadata["weights_crc32"] = weights_checksum(traced)
     with without_torchscript_deprecation(), written_atomically(path) as temporary:
@@ -424,9 +426,10 @@ def read_weights(path) -> tuple[dict, dict]:
     provenance = {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
                   "state_dict_key": source_key}
     if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
-        best = state_file.get("best_psnr")
+        best, hours = state_file.get("best_psnr"), state_file.get("total_hours")
         provenance["training"] = {"step": state_file.get("step"),
                                   "total_steps": state_file.get("total_steps", state_file.get("step")),
+                                  "total_hours": None if hours is None else float(hours),
                                   "best_val_psnr_y": best if best is not None and math.isfinite(best) else None,
                                   "config": state_file["config"]}
     return state, provenance

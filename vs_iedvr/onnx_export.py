@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .model_file import WEIGHT_DTYPES, crop_output, script, written_atomically
+from .model_file import UNTRAINED, WEIGHT_DTYPES, crop_output, script, written_atomically
 from .network import IEDVR, count_parameters
 
 OPSET = 19
@@ -204,7 +204,7 @@ def export_onnx(network: IEDVR, path, target: str, arch: str, size: tuple[int, i
                   "range": [0.0, 1.0], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "layout": "[1, 3, height * scale, width * scale]"},
         "parameters": count_parameters(network),
-        "weights": weights or {"source": "untrained (random initialisation)"},
+        "weights": weights or dict(UNTRAINED),
         "weights_dtype": weights_dtype,
         "vs_iedvr_version": __version__,
         "torch_version": torch.__version__,
