@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from small_network import export_small_network
-from vs_iedvr import model_file
+from vs_iedvr import flops, model_file
 from vs_iedvr.__main__ import main
 from vs_iedvr.bench import PIPELINES, default_model
 
@@ -38,7 +38,7 @@ def test_bench_prints_both_pipelines_flops_and_their_ratio(tmp_path):
     # config on the meta device.
     metadata = model_file.read_metadata(default_model())
     assert metadata["architecture"] == "iedvr-m"
-    counted = model_file.flops_per_frame_of_config(metadata, HEIGHT, WIDTH)
+    counted = flops.flops_per_frame_of_config(metadata, HEIGHT, WIDTH)
     assert whole == pytest.approx(counted / 1e9, abs=0.05)
     # Caching skips the features of 4 of the 5 frames, and more than nothing besides.
     assert 0.5 * whole < cached < 0.8 * whole

@@ -11,7 +11,7 @@ import torch
 
 from test_cli_errors import assert_one_line
 from test_training import TINY_NETWORK, write_clip
-from vs_iedvr import model_file
+from vs_iedvr import model_file, weights_file
 
 
 class Payload:
@@ -43,7 +43,7 @@ def test_load_checkpoint_refuses_the_payload_naming_the_file(crafted):
                        match=rf"^{re.escape(str(path))} is not a vs-iedvr checkpoint that can be loaded safely: "
                              r"it holds more than tensors, containers and numbers "
                              r"\(Unsupported global: GLOBAL _io.open was not an allowed global by default\)$"):
-        model_file.load_checkpoint(path, path, "a vs-iedvr checkpoint")
+        weights_file.load_checkpoint(path, path, "a vs-iedvr checkpoint")
     assert not marker.exists()
 
 

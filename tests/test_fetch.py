@@ -18,7 +18,7 @@ import vs_iedvr
 from basicsr_oracle import basicsr_edvr
 from fetch_server import FileServer
 from test_plugin import clip_of, planes
-from vs_iedvr import download, model_file, model_zoo
+from vs_iedvr import download, model_file, model_zoo, weights_file
 from vs_iedvr.window import fold
 
 core = vs.core
@@ -209,14 +209,14 @@ def test_from_file_installs_the_same_model_as_the_download(server, run_here, tmp
                                                            basicsr_model, monkeypatch):
     _, data = basicsr_model
     assert run_here("vs_iedvr", "fetch", "edvr-m").returncode == 0
-    downloaded, _ = model_file.network_from_model_file(tmp_path / "models" / "edvr-m.pt")
+    downloaded, _ = weights_file.network_from_model_file(tmp_path / "models" / "edvr-m.pt")
 
     checkpoint = tmp_path / model_zoo.find("edvr-m").file_name
     checkpoint.write_bytes(data)
     monkeypatch.setenv("IEDVR_MODEL_DIR", str(tmp_path / "offline"))
     result = run_here("vs_iedvr", "fetch", "edvr-m", "--from", checkpoint)
     assert result.returncode == 0, result.stderr
-    offline, metadata = model_file.network_from_model_file(tmp_path / "offline" / "edvr-m.pt")
+    offline, metadata = weights_file.network_from_model_file(tmp_path / "offline" / "edvr-m.pt")
     assert metadata["weights"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert downloaded.config == offline.config
     for (name, a), (_, b) in zip(downloaded.state_dict().items(), offline.state_dict().items()):

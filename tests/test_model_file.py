@@ -12,7 +12,7 @@ import torch
 
 import vs_iedvr.ops
 from small_network import SMALL, export_small_network
-from vs_iedvr import model_file
+from vs_iedvr import flops, model_file, weights_file
 from vs_iedvr.network import IEDVR, build
 
 
@@ -106,7 +106,7 @@ def test_training_checkpoint_provenance(tmp_path):
     checkpoint = tmp_path / "best.pt"
     torch.save({"model": net.state_dict(), "step": 1234, "best_psnr": 31.5,
                 "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}, checkpoint)
-    provenance = model_file.load_weights(IEDVR(SMALL), checkpoint)
+    provenance = weights_file.load_weights(IEDVR(SMALL), checkpoint)
     assert provenance["state_dict_key"] == "model"
     # Without a warm start, the checkpoint's own steps are all the steps behind its weights.
     # A checkpoint that does not record its hours leaves them unknown, not 0.
@@ -115,7 +115,7 @@ def test_training_checkpoint_provenance(tmp_path):
                                       "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}
     torch.save({"model": net.state_dict(), "step": 0, "best_psnr": float("-inf"), "config": {},
                 "total_steps": 6500, "total_hours": 12.5}, checkpoint)
-    training = model_file.load_weights(IEDVR(SMALL), checkpoint)["training"]
+    training = weights_file.load_weights(IEDVR(SMALL), checkpoint)["training"]
     assert training["best_val_psnr_y"] is None and training["total_steps"] == 6500
     assert training["total_hours"] == 12.5
 
@@ -156,8 +156,8 @@ def test_weights_checksum_is_the_crc32_of_the_network_state(exported, tmp_path):
 def test_flops_scale_with_pixels_and_count_the_deformable_convolutions(exported):
     net, path = exported
     model, metadata = model_file.load_model(path)
-    small = model_file.flops_per_frame(model, metadata, 16, 16)
-    large = model_file.flops_per_frame(model, metadata, 32, 32)
+    small = flops.flops_per_frame(model, metadata, 16, 16)
+    large = flops.flops_per_frame(model, metadata, 32, 32)
     assert large == pytest.approx(4 * small, rel=0.01)
     # Independent count for one DCNv2Pack: its offset convolution plus the operator's formula.
     pack = net.pcd_align.cas_dcnpack
@@ -294,8 +294,8 @@ def test_flops_counted_on_the_meta_device_equal_those_of_running_the_model(expor
     _, path = exported
     model, metadata = model_file.load_model(path)
     for height, width in ((180, 320), (17, 23)):
-        assert (model_file.flops_per_frame_of_config(metadata, height, width)
-                == model_file.flops_per_frame(model, metadata, height, width))
+        assert (flops.flops_per_frame_of_config(metadata, height, width)
+                == flops.flops_per_frame(model, metadata, height, width))
 
 
 def test_info_counts_the_flops_of_a_huge_size_in_little_memory(exported, tmp_path):
@@ -307,7 +307,7 @@ def test_info_counts_the_flops_of_a_huge_size_in_little_memory(exported, tmp_pat
 
     _, path = exported
     model, metadata = model_file.load_model(path)
-    small, large = (model_file.flops_per_frame(model, metadata, side, side) for side in (16, 32))
+    small, large = (flops.flops_per_frame(model, metadata, side, side) for side in (16, 32))
     expected = small + (large - small) * (20000**2 - 16**2) // (32**2 - 16**2)
     limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
     result = subprocess.run([sys.executable, "-m", "vs_iedvr", "info", str(path), "--size",

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vs_iedvr import edvr_blocks, iedvr_blocks, model_file
+from vs_iedvr import edvr_blocks, iedvr_blocks, model_file, weights_file
 from vs_iedvr.training.loss import charbonnier_loss
 from vs_iedvr.network import IEDVR, NetworkConfig, build, count_parameters
 
@@ -77,7 +77,7 @@ def test_basicsr_edvr_m_checkpoint_loads_strictly(tmp_path):
     state = {name: torch.randn(shape, generator=generator) * 0.01 for name, shape in shapes.items()}
     torch.save({"params": state}, tmp_path / "EDVR_M.pth")
     net = build("edvr-m")
-    provenance = model_file.load_weights(net, tmp_path / "EDVR_M.pth")
+    provenance = weights_file.load_weights(net, tmp_path / "EDVR_M.pth")
     assert provenance["state_dict_key"] == "params"
     for name, tensor in net.state_dict().items():
         torch.testing.assert_close(tensor, state[name])
@@ -89,7 +89,7 @@ def test_wrong_checkpoint_is_rejected(tmp_path):
     torch.save({"params": {"conv_first.weight": torch.zeros(64, 3, 3, 3)}}, tmp_path / "bad.pth")
     with pytest.raises(model_file.ModelFileError, match=r"bad.pth: its weights do not fit the "
                        r"network: tensors \d+ missing \(such as conv_first.bias\)"):
-        model_file.load_weights(build("edvr-m"), tmp_path / "bad.pth")
+        weights_file.load_weights(build("edvr-m"), tmp_path / "bad.pth")
 
 
 def test_module_shapes():

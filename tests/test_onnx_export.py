@@ -17,7 +17,7 @@ from torch import nn
 
 import vs_iedvr
 from small_network import SMALL, export_small_network
-from vs_iedvr import model_file, onnx_export
+from vs_iedvr import model_file, onnx_export, weights_file
 from vs_iedvr.network import IEDVR
 from vs_iedvr.ops import modulated_deform_conv2d
 
@@ -244,7 +244,7 @@ def shipped_exports(tmp_path_factory):
     if not model.is_file():
         pytest.skip("no shipped weights installed")
     network_path = tmp_path_factory.mktemp("mlrt") / "default.onnx"
-    net, metadata = model_file.network_from_model_file(model)
+    net, metadata = weights_file.network_from_model_file(model)
     onnx_export.export_onnx(net, network_path, "openvino", metadata["architecture"])
     return model, network_path
 

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from vs_iedvr import model_file
+from vs_iedvr import model_file, weights_file
 from vs_iedvr.edvr_blocks import DCNv2Pack
 from vs_iedvr.network import build, channels_last_format
 from vs_iedvr.precision import cpu_has_native_bfloat16
@@ -220,14 +220,14 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
     if last_path.exists():  # resume exactly where the last checkpoint was written
         # weights_only: tensors, containers and numbers, all that save_checkpoint writes; a
         # crafted last.pt cannot run code.
-        state = model_file.load_checkpoint(last_path, last_path, "a vs-iedvr checkpoint",
+        state = weights_file.load_checkpoint(last_path, last_path, "a vs-iedvr checkpoint",
                                            map_location=processes.device)
         needed = ("model", "optimizer", "scaler", "step", "best_psnr")
         missing = [key for key in needed if not isinstance(state, dict) or key not in state]
         if missing:
             raise ValueError(f"{last_path} is not a vs-iedvr checkpoint that resumes a run (it "
                              f"has no {', '.join(missing)}); move it away to start afresh")
-        model_file.load_state_strictly(network, state["model"], last_path)
+        weights_file.load_state_strictly(network, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         trainee.step, trainee.best_psnr = state["step"], state["best_psnr"]
@@ -480,7 +480,7 @@ def export_model_file(config: TrainConfig, out_dir: Path, best_psnr: float) -> P
     path = out_dir / "model.pt"
     weights = out_dir / "best.pt" if (out_dir / "best.pt").exists() else out_dir / "last.pt"
     final = build(config.arch, scale=config.scale, **config.network)
-    provenance = model_file.load_weights(final, weights)
+    provenance = weights_file.load_weights(final, weights)
     saved = provenance["training"]  # the step, total_steps and total_hours of its weights
     provenance["training"] = {"data": config.data, "degradation": config.degradation,
                               "iterations": config.iterations, "arch": config.arch,

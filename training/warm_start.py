@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vs_iedvr import model_file
+from vs_iedvr import model_file, weights_file
 
 # The model file wraps the network in PaddedNetwork, whose parameters are named "network.*".
 MODEL_FILE_PREFIX = "network."
@@ -67,7 +67,7 @@ def read_initial_weights(path) -> InitialWeights:
         return InitialWeights(state, "model file", steps_in_model_file(metadata),
                               hours_in_model_file(metadata))
     try:
-        data = model_file.load_checkpoint(io.BytesIO(path.read_bytes()), path, "a checkpoint")
+        data = weights_file.load_checkpoint(io.BytesIO(path.read_bytes()), path, "a checkpoint")
     except model_file.ModelFileError as error:
         raise ValueError(f"--init: {error} (nor a vs-iedvr model file)") from None
     if isinstance(data, dict) and "model" in data and "config" in data:

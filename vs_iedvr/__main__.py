@@ -61,7 +61,7 @@ def print_installation() -> None:
 
 
 def model_info(args) -> int:
-    from . import model_file
+    from . import flops, model_file
 
     path = model_file.shipped_or_path(args.model)  # default.pt: the shipped one, as elsewhere
     _, metadata = model_file.load_model(path)  # loaded for its checks
@@ -76,14 +76,14 @@ def model_info(args) -> int:
     print(f"written by vs-iedvr {metadata['vs_iedvr_version']}, torch {metadata['torch_version']}, "
           f"format version {metadata['format_version']}")
     # Counted without running the network at that size: a large size would need all its memory.
-    flops = model_file.flops_per_frame_of_config(metadata, height, width)
+    flops = flops.flops_per_frame_of_config(metadata, height, width)
     print(f"FLOPs per output frame at {width}x{height} input "
           f"({width * metadata['scale']}x{height * metadata['scale']} output): {flops / 1e9:.1f} G")
     return 0
 
 
 def export(args) -> int:
-    from . import model_file, onnx_export
+    from . import model_file, onnx_export, weights_file
 
     if args.format == "onnx" and args.target is None:
         args.parser.error("--format onnx needs --target: " + "; ".join(
@@ -95,7 +95,7 @@ def export(args) -> int:
         if args.arch is not None or args.scale is not None or args.weights is not None:
             args.parser.error("--from-model takes the architecture, scale and weights from the "
                               "model file: leave out --arch, --scale and --weights")
-        net, source = model_file.network_from_model_file(model_file.shipped_or_path(args.from_model))
+        net, source = weights_file.network_from_model_file(model_file.shipped_or_path(args.from_model))
         arch, weights = source["architecture"], source["weights"]
     else:
         arch, net, weights = network_for_export(args.arch, args.scale, args.weights)
@@ -123,20 +123,20 @@ def network_for_export(arch: str | None, scale: int | None, weights_path: str | 
     provenance. An EDVR checkpoint (BasicSR's or ours) says its own layout (frame count, TSA,
     pre-deblurring, restoration at scale 1, sizes): --arch may only name it (edvr, or the edvr-m /
     edvr-l of its sizes). Other checkpoints load into --arch (default iedvr-m) at --scale."""
-    from . import edvr_checkpoint, model_file, network
+    from . import edvr_checkpoint, network, weights_file
 
     if weights_path is None:
         if arch == EDVR_FROM_FILE:
             raise ValueError(f"--arch {EDVR_FROM_FILE} reads the layout from --weights: give the "
                              "checkpoint, or name a preset (edvr-m, edvr-l)")
         return arch or "iedvr-m", network.build(arch or "iedvr-m", scale=scale or 4), None
-    state, provenance = model_file.read_weights(weights_path)
+    state, provenance = weights_file.read_weights(weights_path)
     if not edvr_checkpoint.looks_like_edvr(state):
         if arch == EDVR_FROM_FILE:
             raise ValueError(f"--arch {EDVR_FROM_FILE}: {weights_path} is not an EDVR checkpoint "
                              "(it has neither conv_first nor predeblur weights)")
         net = network.build(arch or "iedvr-m", scale=scale or 4)
-        model_file.load_state_strictly(net, state, weights_path)
+        weights_file.load_state_strictly(net, state, weights_path)
         return arch or "iedvr-m", net, provenance
     try:
         config = edvr_checkpoint.edvr_config(state)

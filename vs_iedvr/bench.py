@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import clips, model_file, network, onnx_export, precision
+from . import clips, model_file, network, onnx_export, precision, weights_file
+from .flops import count_flops
 from .arguments import positive_int
 
 PIPELINES = {"plugin": "core.iedvr.Upscale (C++, cached features)",
@@ -179,12 +180,6 @@ def flops_per_output_frame(model_path: str, width: int, height: int,
     return whole, features + upscale
 
 
-def count_flops(fn) -> int:
-    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
 def openvino_config(fp16: bool):
     """vs-mlrt's `config` for OpenVINO: the plugin's precision, bfloat16 or float32, so that both
     compute alike. Left to itself OpenVINO picks bfloat16 from the CPU's flags, also where the
@@ -232,7 +227,7 @@ def bench(args) -> int:
             if device.type != "cpu":
                 raise ValueError("--peer vs-mlrt-ov runs on the CPU; compare it with --device cpu")
             paths["vs-mlrt-ov"] = str(Path(folder) / "model-openvino.onnx")
-            net, source = model_file.network_from_model_file(model)
+            net, source = weights_file.network_from_model_file(model)
             onnx_export.export_onnx(net, paths["vs-mlrt-ov"], "openvino",
                                     source["architecture"], weights=source["weights"])
         whole, cached = flops_per_output_frame(str(model), width, height, device)

@@ -51,9 +51,9 @@ def install(entry: model_zoo.Official, checkpoint: Path, digest: str, origin: st
     layout its weights describe (as `vs-iedvr export` does). The file appears complete or not at
     all (export_model writes a temporary file and renames it)."""
     # torch only here: `fetch --list` and argument errors answer without it.
-    from . import edvr_checkpoint, model_file
+    from . import edvr_checkpoint, model_file, weights_file
 
-    data = model_file.load_checkpoint(str(checkpoint), checkpoint, f"the checkpoint {entry.file_name}")
+    data = weights_file.load_checkpoint(str(checkpoint), checkpoint, f"the checkpoint {entry.file_name}")
     try:
         state = edvr_checkpoint.basicsr_state(data, entry.key_layout)
         config = edvr_checkpoint.edvr_config(state)
