@@ -23,7 +23,7 @@ from . import __version__
 # run_command and the rest are vs-iedvr-train's too. Nothing imported here imports torch: each
 # command imports what it uses, so that an argument error is answered at once.
 from .arguments import (ArgumentParser, add_debug_option, describe, parse_command_line,  # noqa: F401
-                        hours, parse_size, positive_int, run_command)
+                        parse_hours, parse_size, positive_int, run_command)
 
 # --arch for an EDVR checkpoint of any layout, read from the file.
 EDVR_FROM_FILE = "edvr"
@@ -76,9 +76,9 @@ def model_info(args) -> int:
     print(f"written by vs-iedvr {metadata['vs_iedvr_version']}, torch {metadata['torch_version']}, "
           f"format version {metadata['format_version']}")
     # Counted without running the network at that size: a large size would need all its memory.
-    flops = flops.flops_per_frame_of_config(metadata, height, width)
+    count = flops.flops_per_frame_of_config(metadata, height, width)
     print(f"FLOPs per output frame at {width}x{height} input "
-          f"({width * metadata['scale']}x{height * metadata['scale']} output): {flops / 1e9:.1f} G")
+          f"({width * metadata['scale']}x{height * metadata['scale']} output): {count / 1e9:.1f} G")
     return 0
 
 
@@ -240,7 +240,7 @@ def add_export_options(export_parser: argparse.ArgumentParser) -> None:
                                "without it the network is untrained")
     export_parser.add_argument("--from-model", help="take the network and its weights from a model "
                                "file instead (a path, or default.pt for the shipped weights)")
-    export_parser.add_argument("--training-hours", type=hours, help="the hours of training "
+    export_parser.add_argument("--training-hours", type=parse_hours, help="the hours of training "
                                "behind the weights, recorded in the file's metadata where the "
                                "checkpoint does not record them (vs-iedvr's record their own)")
     export_parser.add_argument("--output", required=True, help="the file to write")

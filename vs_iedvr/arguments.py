@@ -33,7 +33,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def hours(text: str) -> float:
+def parse_hours(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
