@@ -554,7 +554,6 @@ def train(config: TrainConfig) -> Path | None:
         scaler.step(optimizer)
         scaler.update()
         trainee.step += 1
-        trainee.seconds = seconds_before + time.time() - started
         step = trainee.step
         window_loss += loss.detach()  # summed on the device: .item() only when a row is written
         window_steps += 1
@@ -562,6 +561,7 @@ def train(config: TrainConfig) -> Path | None:
             torch.set_num_threads(threads)
 
         now = clock.now()
+        trainee.seconds = seconds_before + now - started  # rank 0 saves; `now` is its clock
         trainee.budget_spent, trainee.annealing_began = clock.place(now)
         out_of_time = clock.out_of_time(now)
         # The end of the run and the timed checkpoints validate, log and checkpoint.

@@ -47,13 +47,6 @@ def steps_in_model_file(metadata: dict) -> int:
     return int(training.get("total_steps") or training.get("step") or 0)
 
 
-def hours_in_model_file(metadata: dict) -> float | None:
-    """The hours of training behind a model file's weights; None where it does not record them
-    (files written before it did, and weights from elsewhere)."""
-    hours = metadata.get("weights", {}).get("training", {}).get("total_hours")
-    return None if hours is None else float(hours)
-
-
 def read_initial_weights(path) -> InitialWeights:
     path = model_file.shipped_or_path(str(path))
     if not path.is_file():
@@ -64,17 +57,17 @@ def read_initial_weights(path) -> InitialWeights:
             module = torch.jit.load(str(path), map_location="cpu")
         state = {name.removeprefix(MODEL_FILE_PREFIX): tensor.float()
                  for name, tensor in module.state_dict().items()}
+        training = metadata.get("weights", {}).get("training", {})
         return InitialWeights(state, "model file", steps_in_model_file(metadata),
-                              hours_in_model_file(metadata))
+                              weights_file.recorded_hours(training))
     try:
         data = weights_file.load_checkpoint(io.BytesIO(path.read_bytes()), path, "a checkpoint")
     except model_file.ModelFileError as error:
         raise ValueError(f"--init: {error} (nor a vs-iedvr model file)") from None
     if isinstance(data, dict) and "model" in data and "config" in data:
         steps = int(data.get("total_steps") or data.get("step") or 0)
-        hours = data.get("total_hours")
         return InitialWeights(data["model"], "vs-iedvr checkpoint", steps,
-                              None if hours is None else float(hours))
+                              weights_file.recorded_hours(data))
     for key in ("params_ema", "params"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             return InitialWeights(data[key], "BasicSR checkpoint")

@@ -53,6 +53,13 @@ def load_checkpoint(source, path, what: str, map_location="cpu"):
         raise ModelFileError(f"{path} is not {what} that can be loaded safely: {reason}") from None
 
 
+def recorded_hours(record: dict) -> float | None:
+    """The hours of training behind weights, as a checkpoint or a model file's weights.training
+    records them; None where it does not (files written before they did, weights from elsewhere)."""
+    hours = record.get("total_hours")
+    return None if hours is None else float(hours)
+
+
 def load_weights(network: IEDVR, path) -> dict:
     """Loads a checkpoint into `network` strictly (see read_weights). Returns the provenance to
     record in the model file."""
@@ -79,10 +86,10 @@ def read_weights(path) -> tuple[dict, dict]:
     provenance = {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
                   "state_dict_key": source_key}
     if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
-        best, hours = state_file.get("best_psnr"), state_file.get("total_hours")
+        best = state_file.get("best_psnr")
         provenance["training"] = {"step": state_file.get("step"),
                                   "total_steps": state_file.get("total_steps", state_file.get("step")),
-                                  "total_hours": None if hours is None else float(hours),
+                                  "total_hours": recorded_hours(state_file),
                                   "best_val_psnr_y": best if best is not None and math.isfinite(best) else None,
                                   "config": state_file["config"]}
     return state, provenance
