@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vs_iedvr import model_file
+from vs_iedvr import model_file, weights_file
 from vs_iedvr.training.loss import charbonnier_loss
 from vs_iedvr.network import build
 from vs_iedvr.training import data
@@ -521,6 +521,31 @@ def test_validation_has_its_own_schedule(dataset_root, tmp_path):
     assert [(r["step"], r["val_psnr_y"] != "") for r in rows] == [
         ("5", True), ("7", False), ("10", True)]
     assert all(float(r["loss"]) > 0 and float(r["iterations_per_s"]) > 0 for r in rows)
+
+
+def test_checkpoints_and_the_model_file_record_their_own_validation_score(dataset_root, tmp_path):
+    # Validated at steps 5 and 10; best.pt is whichever scored higher, last.pt is step 10's.
+    path = train(tiny_config(dataset_root, tmp_path / "run", iterations=10, validate_every=5,
+                             checkpoint_every=100))
+    scores = {int(r["step"]): float(r["val_psnr_y"]) for r in read_log(tmp_path / "run") if r["val_psnr_y"]}
+    assert sorted(scores) == [5, 10]
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert last["val_psnr_y"] == pytest.approx(scores[10])
+    assert best["val_psnr_y"] == pytest.approx(scores[best["step"]]) == pytest.approx(max(scores.values()))
+    # The model file (from best.pt) and an export of last.pt say what their own weights scored.
+    training = model_file.read_metadata(path)["weights"]["training"]
+    assert training["val_psnr_y"] == pytest.approx(scores[best["step"]])
+    assert training["best_val_psnr_y"] == pytest.approx(max(scores.values()))
+    _, provenance = weights_file.read_weights(tmp_path / "run" / "last.pt")
+    assert provenance["training"]["val_psnr_y"] == pytest.approx(scores[10])
+    assert provenance["training"]["best_val_psnr_y"] == pytest.approx(max(scores.values()))
+    # Weights never validated record none.
+    train(tiny_config(dataset_root, tmp_path / "unvalidated", iterations=3, validation_fraction=0,
+                      export=False))
+    _, provenance = weights_file.read_weights(tmp_path / "unvalidated" / "last.pt")
+    assert provenance["training"]["val_psnr_y"] is None
+    assert provenance["training"]["best_val_psnr_y"] is None
 
 
 def test_time_budget_stops_on_the_clock_with_timed_checkpoints(dataset_root, tmp_path):

@@ -165,6 +165,9 @@ class Trainee:
     scaler: torch.amp.GradScaler
     step: int = 0
     best_psnr: float = -math.inf
+    # The validation score of the weights as they are at this step; None where they were not
+    # validated at it. A model file says what its own weights scored, not only the run's best.
+    val_psnr_y: float | None = None
     init_steps: int = 0  # the steps behind the --init weights, carried into total_steps
     # The hours behind the --init weights (None where its file does not say) and the seconds this
     # run has trained, resumes included: carried into total_hours as the steps are.
@@ -235,6 +238,7 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         # A checkpoint from before the seconds were kept: the hours behind it are not known.
         trainee.init_hours = state.get("init_hours") if "seconds" in state else None
         trainee.seconds = state.get("seconds", 0.0)
+        trainee.val_psnr_y = state.get("val_psnr_y")
         clock = state.get("clock", {})
         trainee.budget_spent = clock.get("budget_spent", 0.0)
         trainee.annealing_began = clock.get("annealing_began")
@@ -249,7 +253,8 @@ def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
     total_steps and total_hours follow the weights from run to run (and from machine to machine
     through the shipped model file)."""
     state = {"model": trainee.network.state_dict(), "step": trainee.step,
-             "best_psnr": trainee.best_psnr, "init_steps": trainee.init_steps,
+             "best_psnr": trainee.best_psnr, "val_psnr_y": trainee.val_psnr_y,
+             "init_steps": trainee.init_steps,
              "total_steps": trainee.init_steps + trainee.step,
              "init_hours": trainee.init_hours, "seconds": trainee.seconds,
              "total_hours": total_hours(trainee),
@@ -487,7 +492,8 @@ def export_model_file(config: TrainConfig, out_dir: Path, best_psnr: float) -> P
                               "init": config.init or None, "step": saved["step"],
                               "total_steps": saved["total_steps"],
                               "total_hours": saved["total_hours"],
-                              "best_val_psnr_y": best_psnr if math.isfinite(best_psnr) else None}
+                              "val_psnr_y": saved["val_psnr_y"],
+                              "best_val_psnr_y": weights_file.finite_or_none(best_psnr)}
     if config.layered_fraction:
         provenance["training"]["layered_fraction"] = config.layered_fraction
     if config.codec_fraction:  # weights for compressed sources say which
@@ -524,6 +530,7 @@ def train(config: TrainConfig) -> Path | None:
     if master and validation is not None and trainee.step == 0 and config.init:
         # What the run starts from, to compare its validation scores with.
         scores = validate(network, validation, device, autocast)
+        trainee.val_psnr_y = scores["val_psnr_y"]
         log.log(0, scores | {"seconds": 0.0})
         print(f"step 0 (the --init weights) val Y-PSNR {scores['val_psnr_y']:.2f} "
               f"SSIM {scores['val_ssim_y']:.4f}", file=sys.stderr, flush=True)
@@ -554,6 +561,7 @@ def train(config: TrainConfig) -> Path | None:
         scaler.step(optimizer)
         scaler.update()
         trainee.step += 1
+        trainee.val_psnr_y = None  # until these weights are validated
         step = trainee.step
         window_loss += loss.detach()  # summed on the device: .item() only when a row is written
         window_steps += 1
@@ -570,6 +578,7 @@ def train(config: TrainConfig) -> Path | None:
         scores = {}
         if master and validation is not None and (step % config.validate_every == 0 or milestone):
             scores = validate(network, validation, device, autocast)
+            trainee.val_psnr_y = scores["val_psnr_y"]
             if scores["val_psnr_y"] > trainee.best_psnr:
                 trainee.best_psnr = scores["val_psnr_y"]
                 save(best_path, trainee, config)

@@ -60,6 +60,11 @@ def recorded_hours(record: dict) -> float | None:
     return None if hours is None else float(hours)
 
 
+def finite_or_none(score) -> float | None:
+    """A validation score as a model file records it: None for one never taken (-inf, None)."""
+    return float(score) if score is not None and math.isfinite(score) else None
+
+
 def load_weights(network: IEDVR, path) -> dict:
     """Loads a checkpoint into `network` strictly (see read_weights). Returns the provenance to
     record in the model file."""
@@ -86,11 +91,13 @@ def read_weights(path) -> tuple[dict, dict]:
     provenance = {"source": str(Path(path).name), "sha256": hashlib.sha256(data).hexdigest(),
                   "state_dict_key": source_key}
     if source_key == "model" and "config" in state_file:  # a vs-iedvr training checkpoint
-        best = state_file.get("best_psnr")
         provenance["training"] = {"step": state_file.get("step"),
                                   "total_steps": state_file.get("total_steps", state_file.get("step")),
                                   "total_hours": recorded_hours(state_file),
-                                  "best_val_psnr_y": best if best is not None and math.isfinite(best) else None,
+                                  # its own weights' validation score (None where they were not
+                                  # validated at their step) and the run's best
+                                  "val_psnr_y": finite_or_none(state_file.get("val_psnr_y")),
+                                  "best_val_psnr_y": finite_or_none(state_file.get("best_psnr")),
                                   "config": state_file["config"]}
     return state, provenance
 
