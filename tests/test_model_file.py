@@ -109,9 +109,10 @@ def test_training_checkpoint_provenance(tmp_path):
     provenance = weights_file.load_weights(IEDVR(SMALL), checkpoint)
     assert provenance["state_dict_key"] == "model"
     # Without a warm start, the checkpoint's own steps are all the steps behind its weights.
-    # A checkpoint that does not record its hours leaves them unknown, not 0.
+    # A checkpoint that does not record its hours, or its own weights' validation score, leaves
+    # them unknown, not 0 (nor the run's best).
     assert provenance["training"] == {"step": 1234, "total_steps": 1234, "total_hours": None,
-                                      "best_val_psnr_y": 31.5,
+                                      "val_psnr_y": None, "best_val_psnr_y": 31.5,
                                       "config": {"learning_rate": 2e-4, "data": ["stills:photos"]}}
     torch.save({"model": net.state_dict(), "step": 0, "best_psnr": float("-inf"), "config": {},
                 "total_steps": 6500, "total_hours": 12.5}, checkpoint)
