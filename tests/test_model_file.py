@@ -119,6 +119,11 @@ def test_training_checkpoint_provenance(tmp_path):
     training = weights_file.load_weights(IEDVR(SMALL), checkpoint)["training"]
     assert training["best_val_psnr_y"] is None and training["total_steps"] == 6500
     assert training["total_hours"] == 12.5
+    # A crafted checkpoint's score that is not a number is refused, naming it.
+    torch.save({"model": net.state_dict(), "step": 1, "best_psnr": 30.0, "val_psnr_y": "high",
+                "config": {}}, checkpoint)
+    with pytest.raises(model_file.ModelFileError, match="val_psnr_y is 'high', not a number"):
+        weights_file.load_weights(IEDVR(SMALL), checkpoint)
 
 
 def test_metadata(exported):

@@ -60,9 +60,14 @@ def recorded_hours(record: dict) -> float | None:
     return None if hours is None else float(hours)
 
 
-def finite_or_none(score) -> float | None:
-    """A validation score as a model file records it: None for one never taken (-inf, None)."""
-    return float(score) if score is not None and math.isfinite(score) else None
+def finite_or_none(score, what: str = "a validation score") -> float | None:
+    """A validation score as a model file records it: None for one never taken (-inf, None);
+    anything but a number (a crafted checkpoint's) is refused, naming `what`."""
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise ModelFileError(f"{what} is {repr(score)[:80]}, not a number")
+    return float(score) if math.isfinite(score) else None
 
 
 def load_weights(network: IEDVR, path) -> dict:
@@ -96,8 +101,10 @@ def read_weights(path) -> tuple[dict, dict]:
                                   "total_hours": recorded_hours(state_file),
                                   # its own weights' validation score (None where they were not
                                   # validated at their step) and the run's best
-                                  "val_psnr_y": finite_or_none(state_file.get("val_psnr_y")),
-                                  "best_val_psnr_y": finite_or_none(state_file.get("best_psnr")),
+                                  "val_psnr_y": finite_or_none(state_file.get("val_psnr_y"),
+                                                               f"{path}: val_psnr_y"),
+                                  "best_val_psnr_y": finite_or_none(state_file.get("best_psnr"),
+                                                                    f"{path}: best_psnr"),
                                   "config": state_file["config"]}
     return state, provenance
 
