@@ -165,9 +165,6 @@ class Trainee:
     scaler: torch.amp.GradScaler
     step: int = 0
     best_psnr: float = -math.inf
-    # The validation score of the weights as they are at this step; None where they were not
-    # validated at it. A model file says what its own weights scored, not only the run's best.
-    val_psnr_y: float | None = None
     init_steps: int = 0  # the steps behind the --init weights, carried into total_steps
     # The hours behind the --init weights (None where its file does not say) and the seconds this
     # run has trained, resumes included: carried into total_hours as the steps are.
@@ -238,7 +235,6 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         # A checkpoint from before the seconds were kept: the hours behind it are not known.
         trainee.init_hours = state.get("init_hours") if "seconds" in state else None
         trainee.seconds = state.get("seconds", 0.0)
-        trainee.val_psnr_y = state.get("val_psnr_y")
         clock = state.get("clock", {})
         trainee.budget_spent = clock.get("budget_spent", 0.0)
         trainee.annealing_began = clock.get("annealing_began")
@@ -246,14 +242,16 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
 
 
 def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
-                    weights_only: bool = False) -> None:
+                    val_psnr_y: float | None = None, weights_only: bool = False) -> None:
     """weights_only: the weights alone, in float16, which --init and `vs-iedvr export --weights`
     read but which cannot resume a run: 7 MB for iedvr-m where Adam's moments make last.pt 42 MB,
     small enough to carry off a lent machine (the shipped model file holds float16 weights anyway).
     total_steps and total_hours follow the weights from run to run (and from machine to machine
-    through the shipped model file)."""
+    through the shipped model file). val_psnr_y: the weights' validation score at this step, None
+    where they were not validated at it (a model file then says what its own weights scored, not
+    only the run's best)."""
     state = {"model": trainee.network.state_dict(), "step": trainee.step,
-             "best_psnr": trainee.best_psnr, "val_psnr_y": trainee.val_psnr_y,
+             "best_psnr": trainee.best_psnr, "val_psnr_y": val_psnr_y,
              "init_steps": trainee.init_steps,
              "total_steps": trainee.init_steps + trainee.step,
              "init_hours": trainee.init_hours, "seconds": trainee.seconds,
@@ -278,12 +276,12 @@ def total_hours(trainee: Trainee) -> float | None:
     return None if trainee.init_hours is None else trainee.init_hours + trainee.seconds / 3600
 
 
-def save(path: Path, trainee: Trainee, config: TrainConfig) -> None:
+def save(path: Path, trainee: Trainee, config: TrainConfig, val_psnr_y: float | None) -> None:
     """last.pt or best.pt, and its float16 copy in --weights-dir when asked."""
-    save_checkpoint(path, trainee, config)
+    save_checkpoint(path, trainee, config, val_psnr_y)
     if config.weights_dir:
         save_checkpoint(Path(config.weights_dir) / f"{path.stem}-fp16.pt", trainee, config,
-                        weights_only=True)
+                        val_psnr_y, weights_only=True)
 
 
 @torch.no_grad()
@@ -530,7 +528,6 @@ def train(config: TrainConfig) -> Path | None:
     if master and validation is not None and trainee.step == 0 and config.init:
         # What the run starts from, to compare its validation scores with.
         scores = validate(network, validation, device, autocast)
-        trainee.val_psnr_y = scores["val_psnr_y"]
         log.log(0, scores | {"seconds": 0.0})
         print(f"step 0 (the --init weights) val Y-PSNR {scores['val_psnr_y']:.2f} "
               f"SSIM {scores['val_ssim_y']:.4f}", file=sys.stderr, flush=True)
@@ -561,7 +558,6 @@ def train(config: TrainConfig) -> Path | None:
         scaler.step(optimizer)
         scaler.update()
         trainee.step += 1
-        trainee.val_psnr_y = None  # until these weights are validated
         step = trainee.step
         window_loss += loss.detach()  # summed on the device: .item() only when a row is written
         window_steps += 1
@@ -578,10 +574,9 @@ def train(config: TrainConfig) -> Path | None:
         scores = {}
         if master and validation is not None and (step % config.validate_every == 0 or milestone):
             scores = validate(network, validation, device, autocast)
-            trainee.val_psnr_y = scores["val_psnr_y"]
             if scores["val_psnr_y"] > trainee.best_psnr:
                 trainee.best_psnr = scores["val_psnr_y"]
-                save(best_path, trainee, config)
+                save(best_path, trainee, config, scores["val_psnr_y"])
 
         if master and (step % config.log_every == 0 or milestone or scores):
             rate = window_steps / max(now - window_start, 1e-9)
@@ -600,7 +595,7 @@ def train(config: TrainConfig) -> Path | None:
             window_start, window_steps, window_loss = time.time(), 0, torch.zeros((), device=device)
 
         if master and (step % config.checkpoint_every == 0 or milestone):
-            save(last_path, trainee, config)
+            save(last_path, trainee, config, scores.get("val_psnr_y"))
         if out_of_time:
             break
 
