@@ -42,6 +42,13 @@ def shell_pipe(command: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+def pipe_into_x265(script: Path, out: Path, x265_args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`vspipe -c y4m script - | ffmpeg -i - -c:v libx265 X265_ARGS out`, as the README runs it."""
+    return shell_pipe(f"{shlex.quote(str(VSPIPE))} -c y4m {shlex.quote(str(script))} - | "
+                      f"{shlex.quote(FFMPEG)} -hide_banner -loglevel error -i - -c:v libx265 "
+                      f"{x265_args} {shlex.quote(str(out))}", cwd)
+
+
 def script_frames(script: Path) -> list[list[np.ndarray]]:
     """The Y, U and V planes of every frame of the script's output, computed in this process."""
     runpy.run_path(str(script))
@@ -101,9 +108,7 @@ def tiny(tmp_path_factory):
 def test_lossless_hevc_holds_the_filters_frames_exactly(tiny, tmp_path):
     script, expected = tiny
     out = tmp_path / "lossless.mkv"
-    result = shell_pipe(f"{shlex.quote(str(VSPIPE))} -c y4m {shlex.quote(str(script))} - | "
-                        f"{shlex.quote(FFMPEG)} -hide_banner -loglevel error -i - -c:v libx265 "
-                        f"-x265-params lossless=1:log-level=error {shlex.quote(str(out))}", tmp_path)
+    result = pipe_into_x265(script, out, "-x265-params lossless=1:log-level=error", tmp_path)
     assert result.returncode == 0, result.stderr
     info = stream_info(out)
     assert info.startswith("hevc") and "yuv420p10le" in info and f"{WIDTH}x{HEIGHT}" in info, info
@@ -117,9 +122,7 @@ def test_lossless_hevc_holds_the_filters_frames_exactly(tiny, tmp_path):
 def test_crf_18_hevc_is_close_to_the_filters_frames(tiny, tmp_path):
     script, expected = tiny
     out = tmp_path / "out.mkv"
-    result = shell_pipe(f"{shlex.quote(str(VSPIPE))} -c y4m {shlex.quote(str(script))} - | "
-                        f"{shlex.quote(FFMPEG)} -hide_banner -loglevel error -i - -c:v libx265 -crf 18 "
-                        f"-x265-params log-level=error {shlex.quote(str(out))}", tmp_path)
+    result = pipe_into_x265(script, out, "-crf 18 -x265-params log-level=error", tmp_path)
     assert result.returncode == 0, result.stderr
     decoded = decoded_frames(out, WIDTH, HEIGHT)
     assert len(decoded) == FRAMES
@@ -151,9 +154,7 @@ def test_a_failing_script_fails_the_pipe_visibly(name, tmp_path):
     assert message in alone.stderr.decode()
 
     out = tmp_path / "out.mkv"
-    piped = shell_pipe(f"{shlex.quote(str(VSPIPE))} -c y4m {shlex.quote(str(script))} - | "
-                       f"{shlex.quote(FFMPEG)} -hide_banner -loglevel error -i - -c:v libx265 "
-                       f"{shlex.quote(str(out))}", tmp_path)
+    piped = pipe_into_x265(script, out, "", tmp_path)
     assert piped.returncode != 0
     assert message in piped.stderr
     assert not out.exists() or out.stat().st_size == 0
