@@ -3,6 +3,7 @@ resume, a two-process run, and the exported model file."""
 
 import csv
 import dataclasses
+import json
 import math
 import pickle
 import subprocess
@@ -387,6 +388,47 @@ def test_evaluate_command_prints_a_table(dataset_root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "bicubic PSNR-Y" in result.stdout and "average over clips" in result.stdout
     assert result.stdout.count("clips/00") == 3
+
+
+def test_evaluate_writes_its_figures_unrounded_to_json(dataset_root, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    report_path = tmp_path / "scores.json"
+    result = subprocess.run([sys.executable, "-m", "vs_iedvr.training", "evaluate", str(path),
+                             str(dataset_root / "clips"), "--max-frames", "2", "--conditions",
+                             "clean", "crf28", "--json", str(report_path)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert (report["scale"], report["max_frames"], report["precision"]) == (4, 2, "float32")
+    assert list(report["conditions"]) == ["clean", "crf28"]
+    # The printed tables, in order: the rows of each condition's clips and their average.
+    rows = [line.split() for line in result.stdout.splitlines()
+            if "clips/00" in line or line.startswith("average over clips")]
+    rows = [row[-4:] for row in rows]
+    expected = []
+    for condition in report["conditions"].values():
+        for method in ("bicubic", "model"):
+            psnr_y, ssim_y = condition[method]["psnr_y"], condition[method]["ssim_y"]
+            # The mean over clips is the mean of the clips' own figures.
+            assert psnr_y["mean"] == pytest.approx(sum(psnr_y["clips"].values()) / len(psnr_y["clips"]))
+            assert ssim_y["mean"] == pytest.approx(sum(ssim_y["clips"].values()) / len(ssim_y["clips"]))
+        assert condition["gain_psnr_y"] == pytest.approx(
+            condition["model"]["psnr_y"]["mean"] - condition["bicubic"]["psnr_y"]["mean"])
+        clips = list(condition["model"]["psnr_y"]["clips"])
+        assert len(clips) == 3
+        for clip in clips + [None]:
+            figures = [condition[method][score]["clips"][clip] if clip else condition[method][score]["mean"]
+                       for method in ("bicubic", "model") for score in ("psnr_y", "ssim_y")]
+            expected.append([f"{figures[0]:.2f}", f"{figures[1]:.4f}", f"{figures[2]:.2f}", f"{figures[3]:.4f}"])
+    assert rows == expected  # the table shows the same figures, rounded
+
+    missing = tmp_path / "no such folder" / "scores.json"
+    refused = subprocess.run([sys.executable, "-m", "vs_iedvr.training", "evaluate", str(path),
+                              str(dataset_root / "clips"), "--json", str(missing)],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2 and "--json" in refused.stderr and "does not exist" in refused.stderr
 
 
 def test_mixed_precision_run_on_the_cpu(dataset_root, tmp_path):

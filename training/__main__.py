@@ -6,7 +6,7 @@
     vs-iedvr-train profile --data ... [train's options] [--steps 6]   # where a step's time goes
     vs-iedvr-train evaluate MODEL CLIPS... [--degradation BI] [--crop-border 0] [--fp16] [--plugin]
                                            [--conditions clean crf18 crf23 crf28]
-                                           [--metrics psnr ssim vmaf]
+                                           [--metrics psnr ssim vmaf] [--json FILE]
     vs-iedvr-train fetch-data data/default     # the default weights' data, from the registries
 
 Every field of TrainConfig (training/config.py) is an option of `train`. A run writes last.pt
@@ -142,6 +142,9 @@ def main(argv=None) -> int:
     evaluate_parser.add_argument("--plugin", action="store_true",
                                  help="run the model through core.iedvr.Upscale on the CPU (what a "
                                       "script gets) instead of the eager network")
+    evaluate_parser.add_argument("--json", metavar="FILE",
+                                 help="also write every figure unrounded (per clip and mean, each "
+                                      "condition, method and score, and the PSNR-Y gain) to FILE")
     evaluate_parser.set_defaults(run=evaluate_command_of)
     fetch_parser = commands.add_parser("fetch-data", help="download the default weights' data")
     fetch_parser.add_argument("out", help="folder to fill (train/, held_out/, PROVENANCE.md)")

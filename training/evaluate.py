@@ -9,6 +9,8 @@ frames at the clip's ends get their missing neighbours by reflection (EDVR's eva
 plugin's default).
 """
 
+import json
+import math
 import re
 from pathlib import Path
 
@@ -191,13 +193,40 @@ def print_summary(summary: list[tuple[str, dict]], columns: list[tuple[str, str,
         print(line)
 
 
+def unrounded(results: dict) -> dict:
+    """The figures of one condition as JSON: {method: {score: {"clips": {clip: mean}, "mean": mean
+    over clips}}}, and the PSNR-Y gain; an infinite PSNR (an exact reproduction) as null."""
+    def number(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    figures = {method: {score: {"clips": {clip: number(v) for clip, v in per_clip.items()},
+                                "mean": number(mean)}
+                        for score, (per_clip, mean) in scores.items()}
+               for method, scores in results.items()}
+    if "psnr_y" in results["model"]:
+        figures["gain_psnr_y"] = number(results["model"]["psnr_y"][1] - results["bicubic"]["psnr_y"][1])
+    return figures
+
+
+def write_json(path: str, args, scale: int, conditions: dict) -> None:
+    """The run's settings and every condition's figures so far, unrounded."""
+    report = {"model": str(args.model), "scale": scale, "degradation": args.degradation,
+              "crop_border": args.crop_border, "max_frames": args.max_frames,
+              "precision": "bfloat16" if args.fp16 else "float32",
+              "pipeline": "core.iedvr.Upscale" if args.plugin else "the eager network",
+              "conditions": conditions}
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def evaluate_command(args) -> int:
     for condition in args.conditions:
         codec_crf(condition)  # every condition checked before the first one runs for minutes
     check_metrics(args.metrics)
+    if args.json and not Path(args.json).parent.is_dir():
+        raise FileNotFoundError(f"--json: the folder {str(Path(args.json).parent)!r} does not exist")
     columns = [COLUMNS[metric] for metric in METRICS if metric in args.metrics]
     scale = model_file.read_metadata(args.model)["scale"]
-    summary = []
+    summary, figures = [], {}
     for condition in args.conditions:
         results = evaluate(args.model, args.clips, args.degradation, args.crop_border,
                            args.max_frames, args.cache, args.fp16, args.plugin, condition,
@@ -213,6 +242,9 @@ def evaluate_command(args) -> int:
         print(flush=True)
         summary.append((condition, {method: [results[method][score][1] for score, _, _ in columns]
                                     for method in METHODS}))
+        if args.json:  # after each condition, so that an interrupted run keeps what it measured
+            figures[condition] = unrounded(results)
+            write_json(args.json, args, scale, figures)
     if len(summary) > 1:
         print_summary(summary, columns)
     return 0
