@@ -10,7 +10,6 @@ plugin's default).
 """
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from vs_iedvr import model_file
 from vs_iedvr.clips import clip_of, frames_of
 from vs_iedvr.precision import sixteen_bit
+from vs_iedvr.weights_file import finite_or_none
 from vs_iedvr.window import fold
 
 from .codec import compress
@@ -196,15 +196,13 @@ def print_summary(summary: list[tuple[str, dict]], columns: list[tuple[str, str,
 def unrounded(results: dict) -> dict:
     """The figures of one condition as JSON: {method: {score: {"clips": {clip: mean}, "mean": mean
     over clips}}}, and the PSNR-Y gain; an infinite PSNR (an exact reproduction) as null."""
-    def number(value: float) -> float | None:
-        return value if math.isfinite(value) else None
-
-    figures = {method: {score: {"clips": {clip: number(v) for clip, v in per_clip.items()},
-                                "mean": number(mean)}
+    figures = {method: {score: {"clips": {clip: finite_or_none(v) for clip, v in per_clip.items()},
+                                "mean": finite_or_none(mean)}
                         for score, (per_clip, mean) in scores.items()}
                for method, scores in results.items()}
     if "psnr_y" in results["model"]:
-        figures["gain_psnr_y"] = number(results["model"]["psnr_y"][1] - results["bicubic"]["psnr_y"][1])
+        figures["gain_psnr_y"] = finite_or_none(results["model"]["psnr_y"][1]
+                                                - results["bicubic"]["psnr_y"][1])
     return figures
 
 
