@@ -206,13 +206,18 @@ def unrounded(results: dict) -> dict:
     return figures
 
 
+def precision_and_pipeline(args) -> tuple[str, str]:
+    """How the model ran, in the words of the table's header and the JSON."""
+    return ("bfloat16" if args.fp16 else "float32",
+            "core.iedvr.Upscale" if args.plugin else "the eager network")
+
+
 def write_json(path: str, args, scale: int, conditions: dict) -> None:
     """The run's settings and every condition's figures so far, unrounded."""
+    precision, pipeline = precision_and_pipeline(args)
     report = {"model": str(args.model), "scale": scale, "degradation": args.degradation,
               "crop_border": args.crop_border, "max_frames": args.max_frames,
-              "precision": "bfloat16" if args.fp16 else "float32",
-              "pipeline": "core.iedvr.Upscale" if args.plugin else "the eager network",
-              "conditions": conditions}
+              "precision": precision, "pipeline": pipeline, "conditions": conditions}
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
@@ -224,6 +229,7 @@ def evaluate_command(args) -> int:
         raise FileNotFoundError(f"--json: the folder {str(Path(args.json).parent)!r} does not exist")
     columns = [COLUMNS[metric] for metric in METRICS if metric in args.metrics]
     scale = model_file.read_metadata(args.model)["scale"]
+    precision, pipeline = precision_and_pipeline(args)
     summary, figures = [], {}
     for condition in args.conditions:
         results = evaluate(args.model, args.clips, args.degradation, args.crop_border,
@@ -231,8 +237,7 @@ def evaluate_command(args) -> int:
                            tuple(args.metrics))
         print(f"{args.model}, {args.degradation} x{scale}, "
               f"{'clean' if condition == 'clean' else 'x264 ' + condition.upper() + ' (4:2:0)'} "
-              f"sources, crop border {args.crop_border}, {'bfloat16' if args.fp16 else 'float32'}, "
-              f"{'core.iedvr.Upscale' if args.plugin else 'the eager network'}")
+              f"sources, crop border {args.crop_border}, {precision}, {pipeline}")
         print_clip_table(results, columns)
         if "psnr" in args.metrics:
             rgb = [results[method]["psnr_rgb"][1] for method in METHODS]
