@@ -95,6 +95,41 @@ def test_codec_samples_are_aligned_compressed_and_reproducible(clip_root):
     assert all(torch.equal(clean[i][0], old[i][0]) for i in range(4))
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
+def test_a_codec_window_is_coded_as_in_the_middle_of_a_stream(tmp_path, monkeypatch, reverse):
+    # Encoded alone, a window would start with an I-frame, coded better than a user's clip codes
+    # the same frame; so the window follows CODEC_LEAD_IN frames of its clip through x264, taken
+    # from the side that the temporal reversal makes the past.
+    frames = smooth_frames(16, 64, 64)
+    folder = tmp_path / "clips" / "000"
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        array = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"{t:08d}.png")
+    clips, stills = data.find_sources([str(tmp_path / "clips")], 5, tmp_path / "cache")
+    monkeypatch.setattr(data, "draw_augmentation", lambda _: data.Augmentation(reverse=reverse))
+    # 64x64 frames hold the 16-pixel patch at x4 with no margin: the sample is the whole frame.
+    dataset = data.WindowDataset(clips, stills, 5, 4, 16, "BI", seed=5, codec_fraction=1.0,
+                                 crf_range=(30, 30))
+    low_frames = data.degrade(frames, 4, "BI")
+    lead_in = data.CODEC_LEAD_IN
+    assert lead_in >= 4
+    longest = 0
+    for index in range(8):
+        low, high = dataset[index]
+        centre = next(t for t in range(16) if torch.equal(high, frames[t]))
+        start = centre - 2
+        if reverse:
+            stream = low_frames[start : start + 5 + lead_in].flip(0)
+        else:
+            stream = low_frames[max(0, start - lead_in) : start + 5]
+        assert torch.equal(low, compress(stream, 30)[-5:])
+        longest = max(longest, len(stream))
+        if len(stream) > 5:
+            assert not torch.equal(low, compress(stream[-5:], 30))
+    assert longest == 5 + lead_in
+
+
 def test_codec_fraction_sets_the_share(clip_root):
     clips, stills = data.find_sources([str(clip_root / "clips")], 5, clip_root / "cache")
     dataset = data.WindowDataset(clips, stills, 5, 4, 16, "BI", seed=0, codec_fraction=0.5,

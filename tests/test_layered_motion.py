@@ -212,6 +212,31 @@ def test_a_sample_of_each_kind_is_deterministic_for_a_seed(scene):
     assert (first[1:] - first[:-1]).abs().mean() > 1e-3, "something moves"
 
 
+@pytest.mark.parametrize("scene", SCENES, ids=lambda s: s.__name__)
+def test_frames_beyond_the_window_continue_the_scene(scene):
+    # A codec sample's lead-in: the window's own frames are those rendered without it, and a
+    # foreground layer keeps its motion into the extra frames.
+    def clip(before=0, after=0):
+        generator = torch.Generator().manual_seed(3)
+        return layered_clip(photo_picker(generator), 5, 96, 4, generator, scene, before, after)
+
+    longer = clip(before=4, after=1)
+    assert longer.shape == (10, 3, 96, 96)
+    assert torch.equal(longer[4:9], clip())
+
+
+def test_a_translating_layer_keeps_its_motion_before_the_window():
+    scene, _ = translating_scene()
+    frames = render(scene, 5, before=3)
+    square = scene.layers[1]
+    vx, vy = (int(v) for v in square.motion.velocity)
+    inside = footprint(square, -5, scene.size, inset=2)  # the first of the lead-in frames
+    assert inside.sum() > 100  # partly out of the view by then
+    ys, xs = torch.nonzero(inside, as_tuple=True)
+    assert torch.allclose(frames[0][:, ys, xs], frames[1][:, ys + vy, xs + vx], atol=1e-5)
+    assert torch.equal(frames[3:], render(scene, 5))
+
+
 def test_layers_stay_within_the_alignments_reach():
     """Over many scenes, no layer's centre travels farther from the centre frame to the window's
     ends than the alignment can see (8 input pixels, 32 at x4), and some come close to it."""

@@ -198,6 +198,17 @@ def test_synthetic_motion_moves_smoothly():
     assert max(steps) < 4 * min(steps), "and move smoothly, without jumps"
 
 
+def test_synthetic_motion_frames_beyond_the_window_continue_its_path():
+    # A codec sample's lead-in: the window's own frames are those drawn without it.
+    image = torch.rand(3, 120, 160, generator=torch.Generator().manual_seed(1))
+    clip = data.synthetic_motion(image, 5, 48, torch.Generator().manual_seed(2))
+    longer = data.synthetic_motion(image, 5, 48, torch.Generator().manual_seed(2), before=3, after=2)
+    assert longer.shape == (10, 3, 48, 48)
+    assert torch.equal(longer[3:8], clip)
+    steps = [(longer[t + 1] - longer[t]).abs().mean().item() for t in range(9)]
+    assert max(steps) < 4 * min(steps), "the extra frames follow the same smooth path"
+
+
 def test_learning_rate_warms_up_and_restarts():
     config = TrainConfig(learning_rate=1e-3, min_learning_rate=0.0, warmup_iterations=10)
     assert learning_rate_at(0, config, 100) == pytest.approx(1e-4)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codec import CODEC_MARGIN, compress
+from .codec import CODEC_LEAD_IN, CODEC_MARGIN, compress
 from .degradations import bicubic_downscale, gaussian_blur_downscale
 from .layered_motion import layered_clip, layered_scene
 from .text_scenes import structure_scene, text_scene
@@ -193,9 +193,10 @@ def find_sources(sources: list[str], min_frames: int, cache: Path) -> tuple[list
 
 
 def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, before: int = 0, after: int = 0) -> torch.Tensor:
     """A clip of num_frames [3, size, size] views of an image [3, H, W] (uint8, or float in [0, 1])
-    along a smooth random camera path (translation, rotation, zoom) with a mild smooth local deformation.
+    along a smooth random camera path (translation, rotation, zoom) with a mild smooth local deformation;
+    with `before` and `after` further frames of the same path on either side (a codec's lead-in).
 
     The views keep the photograph's sharpness: a random region is cut out and, when the camera
     zooms out (up to 1.6 source pixels per output pixel), reduced with an antialiasing filter
@@ -228,8 +229,7 @@ def synthetic_motion(image: torch.Tensor, num_frames: int, size: int,
     fields = F.interpolate(warp, size=(size, size), mode="bicubic",
                            align_corners=True).permute(0, 2, 3, 1)
     views = []
-    for t in range(num_frames):
-        step = t - num_frames // 2
+    for step in range(-(num_frames // 2) - before, num_frames - num_frames // 2 + after):
         shift = velocity * step + acceleration * step * step / 2
         angle, zoom = spin * step, 1 + zoom_rate * step
         cos, sin = math.cos(angle), math.sin(angle)
@@ -253,9 +253,23 @@ def degrade(high: torch.Tensor, scale: int, degradation: str) -> torch.Tensor:
     return (low.clamp(0, 1) * 255).round() / 255
 
 
-def augment(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal/vertical flips, 90-degree rotation and temporal reversal of [T, 3, H, W]."""
-    flip_h, flip_v, rotate, reverse = torch.rand(4, generator=generator) < 0.5
+@dataclass(frozen=True)
+class Augmentation:
+    flip_h: bool = False
+    flip_v: bool = False
+    rotate: bool = False  # by 90 degrees
+    reverse: bool = False  # in time
+
+
+def draw_augmentation(generator: torch.Generator) -> Augmentation:
+    """Each of the four, with probability one half."""
+    return Augmentation(*(bool(flag) for flag in torch.rand(4, generator=generator) < 0.5))
+
+
+def augment(frames: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
+    """The augmentation's flips, rotation and temporal reversal of [T, 3, H, W]."""
+    flip_h, flip_v, rotate, reverse = (augmentation.flip_h, augmentation.flip_v,
+                                       augmentation.rotate, augmentation.reverse)
     if flip_h:
         frames = frames.flip(-1)
     if flip_v:
@@ -360,17 +374,24 @@ class WindowDataset(torch.utils.data.Dataset):
         # Drawn only when asked for too: runs without layered scenes keep their samples.
         layered = (self.layered_fraction
                    and torch.rand((), generator=generator).item() < self.layered_fraction)
+        # Drawn before the frames: a codec sample's lead-in is taken from the side that the
+        # temporal reversal turns into the past.
+        augmentation = draw_augmentation(generator) if self.augmentation else Augmentation()
         source = bisect.bisect_right(self.window_ends, position)
         position -= self.window_ends[source - 1] if source else 0
+        lead_in = 0 if crf is None else CODEC_LEAD_IN
+        before, after = (0, lead_in) if augmentation.reverse else (lead_in, 0)
         if layered:
             scene = SCENES[int(torch.randint(len(SCENES), (), generator=generator))]
             pick_photo = lambda: self.read_image(
                 self.stills[int(torch.randint(len(self.stills), (), generator=generator))].path)
             margin = 0 if crf is None else 2 * CODEC_MARGIN
             high = layered_clip(pick_photo, self.num_frames, (self.patch + margin) * self.scale,
-                                self.scale, generator, scene)
+                                self.scale, generator, scene, before, after)
         elif source < len(self.clips):
-            paths = self.clips[source].frames[position : position + self.num_frames]
+            # Near a clip's ends the lead-in is shorter, as a real stream's is after its start.
+            frames = self.clips[source].frames
+            paths = frames[max(0, position - before) : position + self.num_frames + after]
             frames = torch.stack([self.read_image(p) for p in paths])
             margin = 0 if crf is None else codec_margin(frames.shape[-2:], self.patch, self.scale)
             high = random_crop(frames, (self.patch + margin) * self.scale, generator).float() / 255
@@ -378,14 +399,15 @@ class WindowDataset(torch.utils.data.Dataset):
             image = self.read_image(self.stills[source - len(self.clips)].path)
             margin = 0 if crf is None else 2 * CODEC_MARGIN
             high = synthetic_motion(image, self.num_frames, (self.patch + margin) * self.scale,
-                                    generator)
-        if self.augmentation:
-            high = augment(high, generator)
+                                    generator, before, after)
+        high = augment(high, augmentation)
         low = degrade(high, self.scale, self.degradation)
         if crf is not None:
-            # The whole window (with its margin) through the codec; then the patch, cut where the
-            # macroblock grid falls anywhere across it.
-            low = compress(low, crf)
+            # The lead-in and the window (with its margin) through the codec, so that the window's
+            # frames are predicted from earlier ones as in the middle of a stream; then the window,
+            # and the patch, cut where the macroblock grid falls anywhere across it.
+            low = compress(low, crf)[-self.num_frames :]
+            high = high[-self.num_frames :]
             top, left = (int(torch.randint(margin + 1, (), generator=generator)) for _ in range(2))
             low = low[..., top : top + self.patch, left : left + self.patch]
             high = high[..., top * self.scale : (top + self.patch) * self.scale,

@@ -105,8 +105,9 @@ class Scene:
     shutter: float = 0.0  # exposure as a fraction of the frame interval; 0: no motion blur
 
 
-def render(scene: Scene, num_frames: int) -> torch.Tensor:
-    """The scene's frames [T, 3, size, size] in [0, 1], frame t at time t - T // 2."""
+def render(scene: Scene, num_frames: int, before: int = 0, after: int = 0) -> torch.Tensor:
+    """The scene's frames [T, 3, size, size] in [0, 1], frame t at time t - T // 2, with `before`
+    and `after` further frames on either side (T = num_frames + before + after)."""
     size = scene.size
     axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     gy, gx = torch.meshgrid(axis, axis, indexing="ij")
@@ -114,8 +115,7 @@ def render(scene: Scene, num_frames: int) -> torch.Tensor:
     premultiplied = [torch.cat([layer.texture[:3] * layer.texture[3:], layer.texture[3:]])
                      for layer in scene.layers]
     frames = []
-    for index in range(num_frames):
-        t = index - num_frames // 2
+    for t in range(-(num_frames // 2) - before, num_frames - num_frames // 2 + after):
         frame = torch.zeros(3, size, size)
         for layer, texture in zip(scene.layers, premultiplied):
             window = covered_window(layer, t, scene.shutter, size)
@@ -331,10 +331,13 @@ def random_shutter(draw: Draw) -> float:
 
 
 def layered_clip(pick_photo: Callable[[], torch.Tensor], num_frames: int, size: int, scale: int,
-                 generator: torch.Generator, scene=layered_scene) -> torch.Tensor:
+                 generator: torch.Generator, scene=layered_scene, before: int = 0,
+                 after: int = 0) -> torch.Tensor:
     """A clip [T, 3, size, size] in [0, 1] of a random scene (layered_scene, or text_scenes'
     text_scene or structure_scene) made of photographs (pick_photo draws one, [3, H, W] uint8),
-    at speeds up to max_speed(scale, num_frames)."""
+    at speeds up to max_speed(scale, num_frames); `before` and `after` frames beyond the window
+    as in render."""
     draw = Draw(generator)
-    return render(scene(pick_photo, size, scale, max_speed(scale, num_frames), draw), num_frames)
+    scene = scene(pick_photo, size, scale, max_speed(scale, num_frames), draw)
+    return render(scene, num_frames, before, after)
 
