@@ -268,15 +268,13 @@ def draw_augmentation(generator: torch.Generator) -> Augmentation:
 
 def augment(frames: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
     """The augmentation's flips, rotation and temporal reversal of [T, 3, H, W]."""
-    flip_h, flip_v, rotate, reverse = (augmentation.flip_h, augmentation.flip_v,
-                                       augmentation.rotate, augmentation.reverse)
-    if flip_h:
+    if augmentation.flip_h:
         frames = frames.flip(-1)
-    if flip_v:
+    if augmentation.flip_v:
         frames = frames.flip(-2)
-    if rotate:
+    if augmentation.rotate:
         frames = frames.transpose(-1, -2)
-    if reverse:
+    if augmentation.reverse:
         frames = frames.flip(0)
     return frames
 
