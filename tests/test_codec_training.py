@@ -62,14 +62,18 @@ def test_odd_sizes_are_refused_by_name():
         encode_decode(np.zeros((2, 32, 33, 3), np.uint8), 23)
 
 
+def save_clip(frames: torch.Tensor, folder) -> None:
+    """[T, 3, H, W] frames in [0, 1] as a folder of PNGs, a clip source."""
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        array = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"{t:08d}.png")
+
+
 @pytest.fixture(scope="module")
 def clip_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("codec-data")
-    folder = root / "clips" / "000"
-    folder.mkdir(parents=True)
-    for t, frame in enumerate(smooth_frames(7, 224, 240)):
-        array = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(folder / f"{t:08d}.png")
+    save_clip(smooth_frames(7, 224, 240), root / "clips" / "000")
     return root
 
 
@@ -101,11 +105,7 @@ def test_a_codec_window_is_coded_as_in_the_middle_of_a_stream(tmp_path, monkeypa
     # the same frame; so the window follows CODEC_LEAD_IN frames of its clip through x264, taken
     # from the side that the temporal reversal makes the past.
     frames = smooth_frames(16, 64, 64)
-    folder = tmp_path / "clips" / "000"
-    folder.mkdir(parents=True)
-    for t, frame in enumerate(frames):
-        array = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(folder / f"{t:08d}.png")
+    save_clip(frames, tmp_path / "clips" / "000")
     clips, stills = data.find_sources([str(tmp_path / "clips")], 5, tmp_path / "cache")
     monkeypatch.setattr(data, "draw_augmentation", lambda _: data.Augmentation(reverse=reverse))
     # 64x64 frames hold the 16-pixel patch at x4 with no margin: the sample is the whole frame.
