@@ -101,9 +101,9 @@ def test_codec_samples_are_aligned_compressed_and_reproducible(clip_root):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
 def test_a_codec_window_is_coded_as_in_the_middle_of_a_stream(tmp_path, monkeypatch, reverse):
-    # Encoded alone, a window would start with an I-frame, coded better than a user's clip codes
-    # the same frame; so the window follows CODEC_LEAD_IN frames of its clip through x264, taken
-    # from the side that the temporal reversal makes the past.
+    # Encoded alone, a window would start with an I-frame, coded unlike the same frame in a user's
+    # clip; so the window follows CODEC_LEAD_IN frames of its clip through x264, taken from the
+    # side that the temporal reversal makes the past.
     frames = smooth_frames(16, 64, 64)
     save_clip(frames, tmp_path / "clips" / "000")
     clips, stills = data.find_sources([str(tmp_path / "clips")], 5, tmp_path / "cache")

@@ -214,8 +214,7 @@ def test_a_sample_of_each_kind_is_deterministic_for_a_seed(scene):
 
 @pytest.mark.parametrize("scene", SCENES, ids=lambda s: s.__name__)
 def test_frames_beyond_the_window_continue_the_scene(scene):
-    # A codec sample's lead-in: the window's own frames are those rendered without it, and a
-    # foreground layer keeps its motion into the extra frames.
+    # A codec sample's lead-in: the window's own frames are those rendered without it.
     def clip(before=0, after=0):
         generator = torch.Generator().manual_seed(3)
         return layered_clip(photo_picker(generator), 5, 96, 4, generator, scene, before, after)
