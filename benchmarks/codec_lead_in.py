@@ -17,26 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vs_iedvr.training.codec import encode_decode
-from vs_iedvr.training.data import find_sources, read_image
+from vs_iedvr.training.codec import compress
+from vs_iedvr.training.data import degrade, find_sources, read_image
 from vs_iedvr.training.default_data import VIDEOS
-from vs_iedvr.training.degradations import bicubic_downscale
+from vs_iedvr.training.metrics import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "default"
 
 
-def low_resolution(paths: list[Path]) -> np.ndarray:
-    """[T, H, W, 3] uint8: the frames' x4 bicubic downscale, cut to even sizes for 4:2:0."""
-    high = torch.stack([read_image(p) for p in paths]).float() / 255
-    low = bicubic_downscale(high, 4).clamp(0, 1)
-    low = low[..., : low.shape[-2] // 2 * 2, : low.shape[-1] // 2 * 2]
-    return (low * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255**2 / max(error, 1e-10)))
+def low_resolution(paths: list[Path]) -> torch.Tensor:
+    """[T, 3, H, W]: the frames' x4 degradation as in training, cut to even sizes for 4:2:0."""
+    low = degrade(torch.stack([read_image(p) for p in paths]).float() / 255, 4, "BI")
+    return low[..., : low.shape[-2] // 2 * 2, : low.shape[-1] // 2 * 2]
 
 
 def main() -> None:
@@ -62,12 +55,12 @@ def main() -> None:
         # Windows after the longest lead-in, spread over the rest of the encoded frames.
         starts = np.linspace(longest, count - 5, args.windows).round().astype(int)
         for crf in args.crfs:
-            whole = encode_decode(source, crf)
+            whole = compress(source, crf)
             differences = []
             for lead_in in args.lead_ins:
                 gaps = []
                 for start in starts:
-                    coded = encode_decode(source[start - lead_in : start + 5], crf)
+                    coded = compress(source[start - lead_in : start + 5], crf)
                     centre = start + 2
                     gaps.append(psnr(coded[lead_in + 2], source[centre])
                                 - psnr(whole[centre], source[centre]))

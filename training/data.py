@@ -388,8 +388,8 @@ class WindowDataset(torch.utils.data.Dataset):
                                 self.scale, generator, scene, before, after)
         elif source < len(self.clips):
             # Near a clip's ends the lead-in is shorter, as a real stream's is after its start.
-            frames = self.clips[source].frames
-            paths = frames[max(0, position - before) : position + self.num_frames + after]
+            clip_paths = self.clips[source].frames
+            paths = clip_paths[max(0, position - before) : position + self.num_frames + after]
             frames = torch.stack([self.read_image(p) for p in paths])
             margin = 0 if crf is None else codec_margin(frames.shape[-2:], self.patch, self.scale)
             high = random_crop(frames, (self.patch + margin) * self.scale, generator).float() / 255
