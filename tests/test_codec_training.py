@@ -13,8 +13,8 @@ from vs_iedvr.network import build
 from vs_iedvr.training import data
 from vs_iedvr.training.__main__ import main as train_main
 from vs_iedvr.training.codec import compress, encode_decode
-from vs_iedvr.training.degradations import bicubic_downscale
-from vs_iedvr.training.evaluate import evaluate
+from vs_iedvr.training.degradations import bicubic_downscale, bicubic_upscale
+from vs_iedvr.training.evaluate import evaluate, quantise
 from vs_iedvr.training.metrics import psnr
 
 from test_training import TINY_NETWORK, tiny_config
@@ -167,6 +167,25 @@ def test_evaluate_scores_compressed_sources(clip_root, tmp_path):
     assert crf40["bicubic"]["psnr_y"][1] < clean["bicubic"]["psnr_y"][1] - 1
     with pytest.raises(ValueError, match="--conditions: expected clean or crfN"):
         evaluate(path, clips, condition="crf99")
+
+
+def test_evaluate_scores_the_first_frames_of_a_source_coded_whole(clip_root, tmp_path):
+    # --max-frames on a compressed source: the clip is coded whole, as a user's file is, and its
+    # first frames scored; those frames coded alone would start afresh with an I-frame.
+    path = tmp_path / "model.pt"
+    model_file.export_model(build("iedvr-m", **TINY_NETWORK), path, "tiny")
+    scored = evaluate(path, [str(clip_root / "clips")], max_frames=3, cache=str(tmp_path / "cache"),
+                      condition="crf35", metrics=("psnr",))["bicubic"]["psnr_y"][1]
+    high = smooth_frames(7, 224, 240)  # the saved clip, whose size is a multiple of 8 already
+    low = data.degrade(high, 4, "BI")
+
+    def bicubic_psnr_y(compressed):
+        upscaled = quantise(bicubic_upscale(compressed, 4))
+        return sum(psnr(x, y, y_channel=True) for x, y in zip(upscaled, high)) / len(compressed)
+
+    coded_whole, coded_alone = bicubic_psnr_y(compress(low, 35)[:3]), bicubic_psnr_y(compress(low[:3], 35))
+    assert abs(coded_whole - coded_alone) > 0.01
+    assert scored == pytest.approx(coded_whole, abs=1e-9)
 
 
 def test_evaluate_command_prints_one_row_per_condition(clip_root, tmp_path, capsys):

@@ -136,7 +136,9 @@ def main(argv=None) -> int:
                                  help="psnr (Y and RGB), ssim (Y and RGB), vmaf (ffmpeg's libvmaf, "
                                       "default model, on the same frames; needs an ffmpeg with "
                                       "libvmaf: imageio-ffmpeg's has it) (default: psnr ssim)")
-    evaluate_parser.add_argument("--max-frames", type=int, default=0, help="per clip; 0 = all")
+    evaluate_parser.add_argument("--max-frames", type=int, default=0,
+                                 help="score the first N frames of each clip (a compressed "
+                                 "source is still coded whole); 0 = all")
     evaluate_parser.add_argument("--fp16", action="store_true",
                                  help="run the model in bfloat16, as the plugin's 16-bit CPU inference")
     evaluate_parser.add_argument("--plugin", action="store_true",

@@ -135,10 +135,13 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
     names = [name for metric in METRICS if metric in metrics for name in SCORES_OF[metric]]
     scores = {method: {name: {} for name in names} for method in ("bicubic", "model")}
     for clip in clips:
-        high = load_clip(clip.frames, scale if crf is None else 2 * scale, max_frames)
+        # A compressed source is coded whole, as a user's file is, and only its first max_frames
+        # scored: coding those alone would make each clip start afresh with an I-frame.
+        high = load_clip(clip.frames, scale if crf is None else 2 * scale,
+                         max_frames if crf is None else 0)
         low = degrade(high, scale, degradation)
         if crf is not None:
-            low = compress(low, crf)
+            low, high = compress(low, crf)[:max_frames or None], high[:max_frames or None]
         results = {"bicubic": bicubic_upscale(low, scale), "model": upscale(low)}
         for method, upscaled in results.items():
             upscaled = quantise(upscaled)
