@@ -183,9 +183,12 @@ def test_evaluate_scores_the_first_frames_of_a_source_coded_whole(clip_root, tmp
         upscaled = quantise(bicubic_upscale(compressed, 4))
         return sum(psnr(x, y, y_channel=True) for x, y in zip(upscaled, high)) / len(compressed)
 
-    coded_whole, coded_alone = bicubic_psnr_y(compress(low, 35)[:3]), bicubic_psnr_y(compress(low[:3], 35))
+    coded_whole = bicubic_psnr_y(compress(low, 35)[:3])
+    coded_alone = bicubic_psnr_y(compress(low[:3], 35))
     assert abs(coded_whole - coded_alone) > 0.01
     assert scored == pytest.approx(coded_whole, abs=1e-9)
+    with pytest.raises(ValueError, match="--max-frames: expected 0 .* got -2"):
+        evaluate(path, [str(clip_root / "clips")], max_frames=-2, cache=str(tmp_path / "cache"))
 
 
 def test_evaluate_command_prints_one_row_per_condition(clip_root, tmp_path, capsys):

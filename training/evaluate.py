@@ -113,6 +113,8 @@ def evaluate(model_path, clip_roots: list[str], degradation: str = "BI", crop_bo
     compressed with x264 at CRF N."""
     crf = codec_crf(condition)
     check_metrics(metrics)
+    if max_frames < 0:  # a negative slice would drop the clip's last frames instead
+        raise ValueError(f"--max-frames: expected 0 (every frame) or more, got {max_frames}")
     metadata = model_file.read_metadata(model_path)
     scale, num_frames = metadata["scale"], metadata["num_frames"]
     if plugin:  # the plugin loads the file itself
