@@ -82,6 +82,25 @@ def test_init_from_our_checkpoint_continues_the_step_count(dataset_root, tmp_pat
     assert 0 < (training["total_hours"] - initial.hours) * 3600 < wall
 
 
+def test_a_resume_keeps_the_weights_the_run_began_from(dataset_root, tmp_path, capsys):  # noqa: F811
+    first = train(tiny_config(dataset_root, tmp_path / "first", iterations=3, checkpoint_every=3))
+    run = tmp_path / "second"
+    train(tiny_config(dataset_root, run, iterations=2, checkpoint_every=2, validate_every=100,
+                      init=str(first)))
+    capsys.readouterr()
+    # Resumed by a command that names other weights (as `./run train-default codec` names
+    # codec.pt when resuming a branch begun from default.pt): they are not loaded, so the
+    # provenance still names the first.
+    other = str(tmp_path / "first" / "last.pt")
+    resumed = train(tiny_config(dataset_root, run, iterations=4, checkpoint_every=2,
+                                validate_every=100, init=other))
+    assert f"--init {other} left unused" in capsys.readouterr().err
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["step"] == 4 and last["config"]["init"] == str(first)
+    assert last["total_steps"] == 3 + 4
+    assert model_file.read_metadata(resumed)["weights"]["training"]["init"] == str(first)
+
+
 def test_the_shipped_model_warm_starts_x4_and_x2():
     from pathlib import Path
 

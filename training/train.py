@@ -166,6 +166,9 @@ class Trainee:
     step: int = 0
     best_psnr: float = -math.inf
     init_steps: int = 0  # the steps behind the --init weights, carried into total_steps
+    # The --init of the run's first command: a resume takes its weights from last.pt, whatever
+    # --init its own command names, so the weights' provenance keeps the first.
+    init: str = ""
     # The hours behind the --init weights (None where its file does not say) and the seconds this
     # run has trained, resumes included: carried into total_hours as the steps are.
     init_hours: float | None = 0.0
@@ -216,7 +219,8 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
                                  betas=(0.9, 0.99), weight_decay=config.weight_decay)
     amp_dtype = low_precision_dtype(processes.device) if config.amp else None
     scaler = torch.amp.GradScaler(processes.device.type, enabled=amp_dtype == torch.float16)
-    trainee = Trainee(network, optimizer, scaler, init_steps=init_steps, init_hours=init_hours)
+    trainee = Trainee(network, optimizer, scaler, init_steps=init_steps, init_hours=init_hours,
+                      init=config.init)
     if last_path.exists():  # resume exactly where the last checkpoint was written
         # weights_only: tensors, containers and numbers, all that save_checkpoint writes; a
         # crafted last.pt cannot run code.
@@ -232,6 +236,10 @@ def prepare_trainee(network, config: TrainConfig, processes: Processes, last_pat
         scaler.load_state_dict(state["scaler"])
         trainee.step, trainee.best_psnr = state["step"], state["best_psnr"]
         trainee.init_steps = state.get("init_steps", 0)
+        trainee.init = str(state.get("config", {}).get("init") or "")
+        if processes.master and config.init and config.init != trainee.init:
+            print(f"--init {config.init} left unused: the run resumes {last_path}, which began "
+                  f"from {trainee.init or 'fresh weights'}", file=sys.stderr, flush=True)
         # A checkpoint from before the seconds were kept: the hours behind it are not known.
         trainee.init_hours = state.get("init_hours") if "seconds" in state else None
         trainee.seconds = state.get("seconds", 0.0)
@@ -258,7 +266,7 @@ def save_checkpoint(path: Path, trainee: Trainee, config: TrainConfig,
              "total_hours": total_hours(trainee),
              "clock": {"budget_spent": trainee.budget_spent,
                        "annealing_began": trainee.annealing_began},
-             "config": dataclasses.asdict(config)}
+             "config": dataclasses.asdict(config) | {"init": trainee.init}}
     if weights_only:
         state["model"] = {name: tensor.detach().to("cpu", torch.float16).contiguous()
                           if tensor.is_floating_point() else tensor.cpu()
@@ -487,7 +495,7 @@ def export_model_file(config: TrainConfig, out_dir: Path, best_psnr: float) -> P
     saved = provenance["training"]  # the step, total_steps and total_hours of its weights
     provenance["training"] = {"data": config.data, "degradation": config.degradation,
                               "iterations": config.iterations, "arch": config.arch,
-                              "init": config.init or None, "step": saved["step"],
+                              "init": saved["config"].get("init") or None, "step": saved["step"],
                               "total_steps": saved["total_steps"],
                               "total_hours": saved["total_hours"],
                               "val_psnr_y": saved["val_psnr_y"],
