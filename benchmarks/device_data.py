@@ -47,7 +47,7 @@ def write_init(model: Path, out: Path) -> str:
     initial = read_initial_weights(model)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     state = {name: tensor.to(torch.float16) for name, tensor in initial.state.items()}
-    # The keys of a training checkpoint (training/train.py), so that --init counts its steps and
+    # The keys of a training checkpoint (training/checkpoint.py), so that --init counts its steps and
     # hours and `vs-iedvr export --weights` records them.
     torch.save({"model": state, "step": 0, "total_steps": initial.steps, "init_steps": initial.steps,
                 "total_hours": initial.hours,

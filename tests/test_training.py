@@ -450,7 +450,7 @@ def test_mixed_precision_run_on_the_cpu(dataset_root, tmp_path):
 
 def test_offset_statistics_come_from_hooks_not_from_the_model():
     from vs_iedvr.edvr_blocks import DCNv2Pack
-    from vs_iedvr.training.train import OffsetMonitor
+    from vs_iedvr.training.run_log import OffsetMonitor
 
     torch.manual_seed(0)
     network = build("iedvr-m", **TINY_NETWORK).train()
@@ -475,7 +475,7 @@ def test_offset_statistics_come_from_hooks_not_from_the_model():
 
 
 def test_log_writes_a_csv_row_per_call(tmp_path):
-    from vs_iedvr.training.train import LOG_COLUMNS, RunLog
+    from vs_iedvr.training.run_log import LOG_COLUMNS, RunLog
 
     log = RunLog(tmp_path)
     log.log(0, {"val_psnr_y": 31.25, "val_ssim_y": 0.875, "seconds": 0.0})
@@ -499,7 +499,7 @@ def test_log_writes_a_csv_row_per_call(tmp_path):
 
 
 def test_log_adds_new_columns_to_an_older_log(tmp_path):
-    from vs_iedvr.training.train import LOG_COLUMNS, RunLog
+    from vs_iedvr.training.run_log import LOG_COLUMNS, RunLog
 
     (tmp_path / "log.csv").write_text("step,loss,seconds\n5,0.5,1.0\n")
     log = RunLog(tmp_path)
@@ -514,7 +514,7 @@ def test_log_adds_new_columns_to_an_older_log(tmp_path):
 def test_log_writes_tensorboard_scalars_when_it_is_installed(tmp_path, monkeypatch):
     import types
 
-    from vs_iedvr.training.train import RunLog
+    from vs_iedvr.training.run_log import RunLog
 
     scalars = []
 
@@ -627,10 +627,10 @@ def test_time_budget_stops_on_the_clock_with_timed_checkpoints(dataset_root, tmp
 
 
 class SteppingClock:
-    """The `time` module for training.train, whose time.time() reads a quarter of a second later
-    at each call: the budget's arithmetic then runs in fake seconds, in about a second of steps
-    and the same under any load (test_time_budget_stops_on_the_clock_with_timed_checkpoints keeps
-    the real clock)."""
+    """The `time` module for training.train and training.clock, whose time.time() reads a quarter
+    of a second later at each call: the budget's arithmetic then runs in fake seconds, in about a
+    second of steps and the same under any load
+    (test_time_budget_stops_on_the_clock_with_timed_checkpoints keeps the real clock)."""
 
     def __init__(self):
         self.now = time.time()
@@ -645,10 +645,11 @@ class SteppingClock:
 
 def test_a_resumed_time_budget_keeps_its_deadline_and_its_cosine(dataset_root, tmp_path,
                                                                   monkeypatch):
-    from vs_iedvr.training import train as train_module
+    from vs_iedvr.training import clock as clock_module, train as train_module
 
     clock = SteppingClock()
     monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(clock_module, "time", clock)
     run, budget = tmp_path / "run", 24.0
     # Stopped by its step count some seconds into the budget, as an interruption would leave it.
     first = tiny_config(dataset_root, run, iterations=12, log_every=1, checkpoint_every=10**9,

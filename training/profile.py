@@ -32,7 +32,10 @@ from vs_iedvr.bench import compute_peak, count_flops
 from vs_iedvr.network import build
 
 from .loss import charbonnier_loss
-from .train import TrainConfig, load_data, low_precision_dtype, prepare_trainee, start_processes
+from .checkpoint import prepare_trainee
+from .config import TrainConfig
+from .processes import low_precision_dtype, start_processes
+from .train import load_data
 
 
 class ModuleTimer:
